@@ -1,0 +1,25 @@
+"""m3-rag: BGE-M3's dense, sparse and ColBERT outputs in one pass, and hybrid retrieval with them.
+
+>>> from m3_rag import M3Embedder
+>>> m3 = M3Embedder.from_pretrained("tests/data/tiny-m3")
+>>> m3.encode(["hello"]).dense.shape
+(1, 32)
+"""
+
+from __future__ import annotations
+
+from .encoder import DEFAULT_MODEL, M3Embedder
+from .errors import CheckpointError, IndexFormatError, MissingHeadError
+from .output import EncodedBatch, M3Output
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "CheckpointError",
+    "EncodedBatch",
+    "IndexFormatError",
+    "M3Embedder",
+    "M3Output",
+    "MissingHeadError",
+]
+
+__version__ = "0.1.0"

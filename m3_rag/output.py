@@ -1,0 +1,72 @@
+"""Results of encoding: :class:`M3Output` for callers, :class:`EncodedBatch` for streaming."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+__all__ = ["EncodedBatch", "M3Output"]
+
+
+@dataclass(frozen=True)
+class M3Output:
+    """Dense, sparse and ColBERT outputs of ``n`` texts, in input order.
+
+    Attributes:
+        dense: float32 array (n, d) of unit vectors, or None when not asked for.
+        sparse: one ``{token_id: weight}`` dict per text (special tokens dropped, the max weight
+            of repeated ids, only weights > 0), or None.
+        colbert: one float32 array (n_tokens_i - 1, d) of unit vectors per text (``<s>``
+            dropped, ``</s>`` kept), or None.
+    """
+
+    dense: np.ndarray | None = None
+    sparse: list[dict[int, float]] | None = None
+    colbert: list[np.ndarray] | None = None
+
+    def __len__(self) -> int:
+        for value in (self.dense, self.sparse, self.colbert):
+            if value is not None:
+                return len(value)
+        return 0
+
+
+def _split(values: np.ndarray, offsets: np.ndarray) -> list[np.ndarray]:
+    return [values[start:end] for start, end in zip(offsets[:-1].tolist(), offsets[1:].tolist())]
+
+
+@dataclass(frozen=True)
+class EncodedBatch:
+    """The packed outputs of one forward pass, as :meth:`M3Embedder.iter_encode` yields them.
+
+    Texts ``indices`` (positions in the caller's input) in this batch; ragged outputs are
+    packed into one array plus ``offsets`` (length ``b + 1``): the rows of text ``j`` are
+    ``values[offsets[j]:offsets[j + 1]]``.
+    """
+
+    indices: np.ndarray
+    dense: np.ndarray | None = None
+    sparse_offsets: np.ndarray | None = None
+    sparse_ids: np.ndarray | None = None
+    sparse_weights: np.ndarray | None = None
+    colbert_offsets: np.ndarray | None = None
+    colbert: np.ndarray | None = None
+    truncated: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def sparse_dicts(self) -> list[dict[int, float]]:
+        """The sparse weights as one ``{token_id: weight}`` dict per text."""
+        if self.sparse_offsets is None or self.sparse_ids is None or self.sparse_weights is None:
+            raise ValueError("this batch was encoded without sparse=True")
+        ids = _split(self.sparse_ids, self.sparse_offsets)
+        weights = _split(self.sparse_weights, self.sparse_offsets)
+        return [dict(zip(i.tolist(), w.tolist())) for i, w in zip(ids, weights)]
+
+    def colbert_list(self) -> list[np.ndarray]:
+        """The ColBERT vectors as one (n_tokens_i - 1, d) array per text (views, no copy)."""
+        if self.colbert_offsets is None or self.colbert is None:
+            raise ValueError("this batch was encoded without colbert=True")
+        return _split(self.colbert, self.colbert_offsets)

@@ -1,0 +1,196 @@
+"""Pure, batched scoring functions: BGE-M3's dense, lexical, ColBERT and hybrid scores.
+
+Every function scores one query against many passages (or many pairs) with array operations,
+never a Python loop over tokens or pairs. The formulas are those of FlagEmbedding 1.4.2:
+
+- dense: inner product of unit vectors;
+- lexical (sparse): ``sum over shared token ids of w_q * w_p``;
+- ColBERT: for each query vector the max inner product over the passage's vectors, summed and
+  divided by the number of query vectors;
+- hybrid: ``(w_d * dense + w_s * sparse + w_c * colbert) / (w_d + w_s + w_c)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+__all__ = [
+    "Weights",
+    "colbert_pair_scores",
+    "colbert_scores",
+    "dense_scores",
+    "hybrid_scores",
+    "lexical_scores",
+    "normalize_weights",
+    "sparse_to_csr",
+]
+
+#: Weights of the dense, sparse and ColBERT scores, in that order.
+Weights = tuple[float, float, float]
+
+
+def normalize_weights(weights: Sequence[float]) -> Weights:
+    """Check ``(w_dense, w_sparse, w_colbert)``: three finite numbers >= 0, not all zero.
+
+    >>> normalize_weights([0.4, 0.2, 0.4])
+    (0.4, 0.2, 0.4)
+    """
+    try:
+        values = tuple(float(w) for w in weights)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"weights must be three numbers (dense, sparse, colbert), got {weights!r}") from exc
+    if len(values) != 3:
+        raise ValueError(f"weights must be three numbers (dense, sparse, colbert), got {len(values)}: {weights!r}")
+    if not all(np.isfinite(values)) or min(values) < 0 or sum(values) <= 0:
+        raise ValueError(f"weights must be finite, >= 0 and not all zero, got {weights!r}")
+    return values[0], values[1], values[2]
+
+
+def dense_scores(query: np.ndarray, passages: np.ndarray) -> np.ndarray:
+    """Inner products: query (d,) or (m, d) against passages (n, d) -> (n,) or (m, n).
+
+    >>> dense_scores(np.array([1.0, 0.0]), np.array([[0.6, 0.8], [1.0, 0.0]]))
+    array([0.6, 1. ], dtype=float32)
+    """
+    return np.asarray(query, dtype=np.float32) @ np.asarray(passages, dtype=np.float32).T
+
+
+def sparse_to_csr(weights: Sequence[dict[int, float]], vocab_size: int) -> sp.csr_matrix:
+    """Stack ``{token_id: weight}`` dicts into a float32 CSR matrix (n, vocab_size).
+
+    >>> sparse_to_csr([{3: 0.5}, {}, {1: 1.0, 3: 2.0}], vocab_size=4).toarray().tolist()
+    [[0.0, 0.0, 0.0, 0.5], [0.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 2.0]]
+    """
+    counts = np.fromiter((len(w) for w in weights), dtype=np.int64, count=len(weights))
+    indptr = np.concatenate([[0], np.cumsum(counts)])
+    indices = np.fromiter((k for w in weights for k in w), dtype=np.int64, count=int(indptr[-1]))
+    data = np.fromiter((v for w in weights for v in w.values()), dtype=np.float32, count=int(indptr[-1]))
+    if len(indices) and (indices.min() < 0 or indices.max() >= vocab_size):
+        raise ValueError(f"sparse token ids must lie in [0, {vocab_size}), got {indices.min()}..{indices.max()}")
+    matrix = sp.csr_matrix((data, indices, indptr), shape=(len(weights), vocab_size))
+    matrix.sum_duplicates()
+    return matrix
+
+
+def lexical_scores(query: dict[int, float], passages: sp.csr_matrix) -> np.ndarray:
+    """Lexical matching: ``sum over shared ids of w_q * w_p``; query dict vs CSR (n, V) -> (n,).
+
+    >>> P = sparse_to_csr([{1: 0.5, 2: 1.0}, {3: 2.0}], vocab_size=5)
+    >>> lexical_scores({2: 0.3, 3: 0.1}, P)
+    array([0.3, 0.2], dtype=float32)
+    """
+    vocab = passages.shape[1]
+    ids = np.fromiter((k for k in query if 0 <= k < vocab), dtype=np.int64)
+    vals = np.fromiter((v for k, v in query.items() if 0 <= k < vocab), dtype=np.float32, count=len(ids))
+    if len(ids) == 0:
+        return np.zeros(passages.shape[0], dtype=np.float32)
+    return np.asarray(passages[:, ids] @ vals, dtype=np.float32).reshape(-1)
+
+
+def colbert_scores(query: np.ndarray, passages: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """Late interaction of one query against packed passages.
+
+    Args:
+        query: (Lq, d) query vectors.
+        passages: (M, d) vectors of all passages, packed; float16 is cast to float32.
+        offsets: (n + 1,) passage ``j`` owns rows ``offsets[j]:offsets[j + 1]`` (at least one).
+
+    Returns:
+        (n,) float32: ``mean over query vectors of max over passage vectors of q . p``.
+
+    >>> q = np.array([[1.0, 0.0], [0.0, 1.0]])
+    >>> p = np.array([[1.0, 0.0], [0.6, 0.8], [0.0, 1.0]])
+    >>> colbert_scores(q, p, np.array([0, 2, 3]))
+    array([0.9, 0.5], dtype=float32)
+    """
+    offsets = np.asarray(offsets, dtype=np.int64)
+    n = len(offsets) - 1
+    if n <= 0 or len(query) == 0:
+        return np.zeros(max(n, 0), dtype=np.float32)
+    if np.any(np.diff(offsets) <= 0):
+        raise ValueError("every passage needs at least one ColBERT vector (offsets must increase)")
+    token_scores = np.asarray(passages, dtype=np.float32) @ np.asarray(query, dtype=np.float32).T  # (M, Lq)
+    best = np.maximum.reduceat(token_scores, offsets[:-1], axis=0)  # (n, Lq)
+    return (best.sum(axis=1) / np.float32(len(query))).astype(np.float32)
+
+
+def _padded(packed: np.ndarray, offsets: np.ndarray, lengths: np.ndarray, width: int) -> torch.Tensor:
+    """Gather rows of ``packed`` into a zero-padded (len(offsets), width, d) tensor."""
+    positions = np.arange(width)[None, :]
+    valid = positions < lengths[:, None]
+    rows = np.where(valid, offsets[:, None] + positions, 0)
+    return torch.from_numpy(packed[rows] * valid[..., None].astype(np.float32))
+
+
+def colbert_pair_scores(
+    queries: Sequence[np.ndarray], passages: Sequence[np.ndarray], *, max_elements: int = 1 << 24
+) -> np.ndarray:
+    """ColBERT score of each pair ``(queries[i], passages[i])``, batched over pairs.
+
+    Pairs are sorted by passage length and scored in zero-padded chunks of at most
+    ``max_elements`` token scores (pairs x Lq x Lp), one batched matrix product per chunk;
+    padded passage positions are masked with -inf, padded query positions count 0.
+
+    >>> q = [np.array([[1.0, 0.0]]), np.array([[0.0, 1.0]])]
+    >>> p = [np.array([[0.6, 0.8]]), np.array([[1.0, 0.0], [0.0, 1.0]])]
+    >>> colbert_pair_scores(q, p)
+    array([0.6, 1. ], dtype=float32)
+    """
+    if len(queries) != len(passages):
+        raise ValueError(f"got {len(queries)} queries and {len(passages)} passages: expected one per pair")
+    n = len(queries)
+    out = np.zeros(n, dtype=np.float32)
+    if n == 0:
+        return out
+    q_len = np.fromiter((len(q) for q in queries), dtype=np.int64, count=n)
+    p_len = np.fromiter((len(p) for p in passages), dtype=np.int64, count=n)
+    if np.any(p_len == 0):
+        raise ValueError("every passage needs at least one ColBERT vector")
+    q_pack = np.concatenate([np.asarray(q, dtype=np.float32) for q in queries])
+    p_pack = np.concatenate([np.asarray(p, dtype=np.float32) for p in passages])
+    q_off = np.concatenate([[0], np.cumsum(q_len)[:-1]])
+    p_off = np.concatenate([[0], np.cumsum(p_len)[:-1]])
+    order = np.argsort(-p_len, kind="stable")  # longest passage first in each chunk
+    lq_all = max(1, int(q_len.max()))
+    start = 0
+    while start < n:
+        size = max(1, max_elements // (lq_all * int(p_len[order[start]])))
+        idx = order[start : start + size]
+        lq, lp = max(1, int(q_len[idx].max())), int(p_len[idx].max())
+        q = _padded(q_pack, q_off[idx], q_len[idx], lq)
+        p = _padded(p_pack, p_off[idx], p_len[idx], lp)
+        scores = torch.bmm(q, p.transpose(1, 2))  # (c, lq, lp)
+        p_pad = torch.from_numpy(np.arange(lp)[None, :] >= p_len[idx][:, None])
+        best = scores.masked_fill(p_pad[:, None, :], float("-inf")).max(dim=2).values  # (c, lq)
+        q_pad = torch.from_numpy(np.arange(lq)[None, :] >= q_len[idx][:, None])
+        best = best.masked_fill(q_pad, 0.0)
+        out[idx] = (best.sum(dim=1) / torch.from_numpy(np.maximum(q_len[idx], 1)).float()).numpy()
+        start += size
+    return out
+
+
+def hybrid_scores(
+    dense: np.ndarray | float,
+    sparse: np.ndarray | float,
+    colbert: np.ndarray | float,
+    weights: Sequence[float] = (1.0, 1.0, 1.0),
+) -> np.ndarray:
+    """Weighted mean ``(w_d*dense + w_s*sparse + w_c*colbert) / (w_d + w_s + w_c)``.
+
+    >>> hybrid_scores(np.array([0.5]), np.array([0.2]), np.array([0.8]), (0.4, 0.2, 0.4)).round(6)
+    array([0.56])
+    """
+    w_d, w_s, w_c = normalize_weights(weights)
+    total = w_d + w_s + w_c
+    return np.asarray(
+        (
+            w_d * np.asarray(dense, dtype=np.float64)
+            + w_s * np.asarray(sparse, dtype=np.float64)
+            + w_c * np.asarray(colbert, dtype=np.float64)
+        )
+        / total
+    )

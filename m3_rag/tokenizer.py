@@ -1,0 +1,110 @@
+"""Tokenisation exactly as the checkpoint's ``tokenizer.json`` defines it.
+
+transformers 5 rebuilds XLM-R tokenizers from a class template and can drop the normaliser that
+``tokenizer.json`` defines, so the same checkpoint tokenises differently under 4.x and 5.x. This
+module reads ``tokenizer.json`` with the ``tokenizers`` library directly, which matches what
+transformers 4.x (and so the reference implementation) does.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tokenizers import Tokenizer
+
+from .errors import CheckpointError
+
+__all__ = ["M3Tokenizer"]
+
+_DEFAULT_SPECIALS = {"cls_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>"}
+
+
+def _token_content(value: Any) -> str | None:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict) and isinstance(value.get("content"), str):
+        return value["content"]
+    return None
+
+
+class M3Tokenizer:
+    """A thread-safe wrapper around ``tokenizers.Tokenizer`` with BGE-M3's special tokens.
+
+    >>> tok = M3Tokenizer.from_folder("tests/data/tiny-m3")
+    >>> [ids.tolist()[0] for ids in tok.encode(["hello", ""], max_length=8)]
+    [0, 0]
+    >>> tok.encode([""], max_length=8)[0].tolist()
+    [0, 2]
+    """
+
+    def __init__(self, tokenizer: Tokenizer, special_tokens: dict[str, str]) -> None:
+        self._tokenizer = tokenizer
+        self._tokenizer.no_padding()
+        self._tokenizer.no_truncation()
+        self._lock = threading.Lock()
+        ids: dict[str, int] = {}
+        for role, token in special_tokens.items():
+            token_id = tokenizer.token_to_id(token)
+            if token_id is None:
+                raise CheckpointError(f"the tokenizer has no {role} {token!r}")
+            ids[role] = token_id
+        self.cls_id = ids["cls_token"]
+        self.eos_id = ids["eos_token"]
+        self.pad_id = ids["pad_token"]
+        self.unk_id = ids["unk_token"]
+        #: Token ids that never carry a sparse weight (the reference drops the same four).
+        self.unused_ids = np.array(sorted({self.cls_id, self.eos_id, self.pad_id, self.unk_id}), dtype=np.int64)
+
+    @classmethod
+    def from_folder(cls, folder: str | Path) -> M3Tokenizer:
+        """Load ``tokenizer.json`` and the special tokens named by the folder's configs."""
+        folder = Path(folder)
+        specials = dict(_DEFAULT_SPECIALS)
+        for name in ("tokenizer_config.json", "special_tokens_map.json"):
+            path = folder / name
+            if path.is_file():
+                config = json.loads(path.read_text(encoding="utf-8"))
+                for role in specials:
+                    content = _token_content(config.get(role))
+                    if content is not None:
+                        specials[role] = content
+        path = folder / "tokenizer.json"
+        if path.is_file():
+            tokenizer = Tokenizer.from_file(str(path))
+        else:  # only sentencepiece.bpe.model: let transformers convert it to a fast tokenizer
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(str(folder)).backend_tokenizer
+        return cls(tokenizer, specials)
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self._tokenizer.get_vocab_size(with_added_tokens=True))
+
+    def encode(self, texts: list[str], max_length: int) -> list[np.ndarray]:
+        """Token ids of each text with ``<s>`` and ``</s>``, truncated to ``max_length`` tokens.
+
+        Returns one int64 array per text (``len >= 2``: the empty string is ``[<s>, </s>]``).
+        """
+        return [np.asarray(ids, dtype=np.int64) for ids in self.encode_with_overflow(texts, max_length)[0]]
+
+    def encode_with_overflow(self, texts: list[str], max_length: int) -> tuple[list[list[int]], list[bool]]:
+        """Like :meth:`encode`, also saying for each text whether it was truncated."""
+        with self._lock:
+            self._tokenizer.enable_truncation(max_length)
+            try:
+                encodings = self._tokenizer.encode_batch(texts, add_special_tokens=True)
+            finally:
+                self._tokenizer.no_truncation()
+        return [e.ids for e in encodings], [bool(e.overflowing) for e in encodings]
+
+    def convert_ids_to_tokens(self, ids: list[int]) -> list[str]:
+        """The token string of each id (``None`` ids become ``''``)."""
+        return [self._tokenizer.id_to_token(int(i)) or "" for i in ids]
+
+    def decode(self, ids: list[int]) -> str:
+        return str(self._tokenizer.decode([int(i) for i in ids]))
