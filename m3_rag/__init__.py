@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from .encoder import DEFAULT_MODEL, M3Embedder
 from .errors import CheckpointError, IndexFormatError, MissingHeadError
+from .index import M3Index, Record
 from .output import EncodedBatch, M3Output
+from .retrieval import SearchHit
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -18,8 +20,11 @@ __all__ = [
     "EncodedBatch",
     "IndexFormatError",
     "M3Embedder",
+    "M3Index",
     "M3Output",
     "MissingHeadError",
+    "Record",
+    "SearchHit",
 ]
 
 __version__ = "0.1.0"

@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 from .batching import pad_batch, plan_batches
 from .checkpoint import resolve_checkpoint
 from .devices import resolve_device, resolve_dtype
-from .model import M3Model, load_model
+from .model import M3Model, load_model, model_fingerprint
 from .output import EncodedBatch, M3Output
 from .pair_scores import compute_pair_scores
 from .tokenizer import M3Tokenizer
@@ -158,6 +158,11 @@ class M3Embedder:
     def colbert_dim(self) -> int | None:
         """Size of the ColBERT vectors, or None when the checkpoint has no ColBERT head."""
         return self.model.colbert_dim
+
+    @property
+    def fingerprint(self) -> str:
+        """A hash of the weights: indexes record it to refuse another model's vectors."""
+        return self.model.fingerprint or model_fingerprint(self.model)
 
     @property
     def has_sparse(self) -> bool:

@@ -24,7 +24,7 @@ from torch import nn
 from .checkpoint import COLBERT_HEAD, SPARSE_HEAD
 from .errors import CheckpointError, MissingHeadError
 
-__all__ = ["ColbertHead", "M3Forward", "M3Model", "SparseHead", "load_head", "load_model"]
+__all__ = ["ColbertHead", "M3Forward", "M3Model", "SparseHead", "load_head", "load_model", "model_fingerprint"]
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +71,7 @@ class M3Model(nn.Module):
         super().__init__()
         self.backbone = backbone
         self.config: Any = backbone.config
+        self.fingerprint = ""
         self.sparse_head = sparse
         self.colbert_head = colbert
 
@@ -207,4 +208,25 @@ def load_model(
     assert sparse is None or isinstance(sparse, SparseHead)
     assert colbert is None or isinstance(colbert, ColbertHead)
     model = M3Model(backbone, sparse, colbert)
-    return model.to(device=device, dtype=dtype).eval()
+    fingerprint = model_fingerprint(model)  # from the heads as stored, before any cast
+    model = model.to(device=device, dtype=dtype).eval()
+    model.fingerprint = fingerprint
+    return model
+
+
+def model_fingerprint(model: M3Model) -> str:
+    """A short hash that identifies a checkpoint whatever its path, name, device or dtype.
+
+    Covers the dimensions and both heads' weights; call it before changing the model's dtype
+    (:func:`load_model` does, and stores it as ``model.fingerprint``).
+    """
+    import hashlib
+
+    digest = hashlib.sha256()
+    config = model.config
+    digest.update(f"{config.model_type}:{config.hidden_size}:{config.vocab_size}:{model.colbert_dim}".encode())
+    for head in (model.sparse_head, model.colbert_head):
+        if head is not None:
+            for tensor in (head.linear.weight, head.linear.bias):
+                digest.update(tensor.detach().float().cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]

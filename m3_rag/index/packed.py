@@ -1,0 +1,131 @@
+"""Growable packed storage: dense rows, sparse rows and ColBERT matrices, appended in chunks.
+
+Chunks keep appends cheap and let a loaded index keep its ColBERT array memory-mapped; reads
+gather across chunks with array indexing (a loop over chunks, never over rows or tokens).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+
+__all__ = ["DenseRows", "PackedRows", "gather_packed", "inverted_index"]
+
+
+def gather_packed(values: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Rows ``values[starts[i] : starts[i] + lengths[i]]`` for every ``i``, concatenated.
+
+    >>> gather_packed(np.arange(10), np.array([7, 2]), np.array([2, 3])).tolist()
+    [7, 8, 2, 3, 4]
+    """
+    total = int(lengths.sum())
+    if total == 0:
+        return values[:0]
+    ends = np.cumsum(lengths)
+    # position of each gathered row: its block's start plus its offset inside the block
+    within = np.arange(total) - np.repeat(ends - lengths, lengths)
+    return values[np.repeat(starts, lengths) + within]
+
+
+def _grow(array: np.ndarray, size: int, fill: float | int = 0) -> np.ndarray:
+    """``array`` with at least ``size`` rows (capacity doubles, new rows set to ``fill``)."""
+    if size <= len(array):
+        return array
+    grown = np.full((max(size, 2 * len(array), 64), *array.shape[1:]), fill, dtype=array.dtype)
+    grown[: len(array)] = array
+    return grown
+
+
+class DenseRows:
+    """An (n, d) float32 matrix with amortised O(1) growth; rows are reserved, then filled.
+
+    >>> rows = DenseRows(2); rows.put(rows.reserve(3), np.ones((3, 2), np.float32)); rows.matrix.shape
+    (3, 2)
+    """
+
+    def __init__(self, dim: int, initial: np.ndarray | None = None) -> None:
+        self.dim = dim
+        self._data = np.zeros((0, dim), dtype=np.float32) if initial is None else initial
+        self._size = len(self._data)
+
+    def __len__(self) -> int:
+        return self._size
+
+    @property
+    def matrix(self) -> np.ndarray:
+        return self._data[: self._size]
+
+    def reserve(self, count: int) -> np.ndarray:
+        """Add ``count`` zero rows; returns their row numbers."""
+        self._data = _grow(self._data, self._size + count)
+        self._size += count
+        return np.arange(self._size - count, self._size)
+
+    def put(self, rows: np.ndarray, values: np.ndarray) -> None:
+        self._data[rows] = values
+
+
+class PackedRows:
+    """Ragged rows (row ``i`` has ``length(i)`` entries) stored in appended chunks.
+
+    Used for ColBERT matrices ((M, d) values) and sparse rows (ids and weights, 1-D). Rows are
+    reserved first (length 0) and filled by :meth:`put` in any order.
+    """
+
+    def __init__(self) -> None:
+        self.chunks: list[np.ndarray] = []
+        self._size = 0
+        self._chunk = np.zeros(0, dtype=np.int32)
+        self._start = np.zeros(0, dtype=np.int64)
+        self._len = np.zeros(0, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return self._size
+
+    def reserve(self, count: int) -> np.ndarray:
+        """Add ``count`` empty rows; returns their row numbers."""
+        end = self._size + count
+        self._chunk, self._start, self._len = (_grow(a, end) for a in (self._chunk, self._start, self._len))
+        self._len[self._size : end] = 0
+        self._size = end
+        return np.arange(end - count, end)
+
+    def put(self, rows: np.ndarray, values: np.ndarray, offsets: np.ndarray) -> None:
+        """Store rows packed as ``values`` with ``offsets`` (len(rows) + 1) at row numbers ``rows``."""
+        offsets = np.asarray(offsets, dtype=np.int64)
+        self._chunk[rows] = len(self.chunks)
+        self._start[rows] = offsets[:-1]
+        self._len[rows] = np.diff(offsets)
+        self.chunks.append(values)
+
+    def append(self, values: np.ndarray, offsets: np.ndarray) -> None:
+        """Store rows packed as ``values`` with ``offsets`` after the existing rows."""
+        self.put(self.reserve(len(offsets) - 1), values, offsets)
+
+    def lengths(self, rows: np.ndarray | None = None) -> np.ndarray:
+        lengths = self._len[: self._size]
+        return lengths if rows is None else lengths[rows]
+
+    def gather(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The values of ``rows`` packed in that order, and their offsets (len(rows) + 1)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        chunk_of, start, length = self._chunk[rows], self._start[rows], self._len[rows]
+        offsets = np.concatenate([[0], np.cumsum(length)]).astype(np.int64)
+        if not self.chunks:
+            raise ValueError("no rows stored")
+        first = self.chunks[0]
+        out = np.empty((int(offsets[-1]), *first.shape[1:]), dtype=first.dtype)
+        filled = length > 0
+        for c in np.unique(chunk_of[filled]).tolist():
+            sel = np.flatnonzero(filled & (chunk_of == c))
+            out[gather_packed(np.arange(int(offsets[-1])), offsets[sel], length[sel])] = gather_packed(
+                self.chunks[c], start[sel], length[sel]
+            )
+        return out, offsets
+
+
+def inverted_index(ids: np.ndarray, weights: np.ndarray, offsets: np.ndarray, vocab_size: int) -> sp.csr_matrix:
+    """Posting lists: a (vocab_size, n) CSR whose row ``t`` holds the weights of token ``t``."""
+    n = len(offsets) - 1
+    forward = sp.csr_matrix((weights, ids, offsets), shape=(n, vocab_size))
+    return forward.T.tocsr()

@@ -1,0 +1,138 @@
+"""The retrieval pipeline shared by every store: first-stage candidates, exact hybrid rerank, hits.
+
+A store supplies, for one query, the dense and lexical scores of its candidates and their
+ColBERT vectors (stored, or re-encoded from the texts); this module turns them into ranked
+:class:`SearchHit` objects with the reference formulas of :mod:`m3_rag.scoring`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .scoring import Weights, colbert_scores, hybrid_scores, normalize_weights
+
+__all__ = [
+    "FIRST_STAGES",
+    "SearchHit",
+    "check_first_stage",
+    "check_search_args",
+    "make_hits",
+    "rerank",
+    "top_k",
+]
+
+#: Modes that can pick first-stage candidates.
+FIRST_STAGES = ("dense", "sparse")
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    """One search result.
+
+    Attributes:
+        id: the document id.
+        text: the document text.
+        metadata: the document metadata (a copy: changing it changes nothing in the store).
+        score: the hybrid score ``(w_d*dense + w_s*sparse + w_c*colbert) / (w_d + w_s + w_c)``.
+        scores: the per-mode scores ``{"dense": ..., "sparse": ..., "colbert": ...}``.
+    """
+
+    id: str
+    text: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+    score: float = 0.0
+    scores: dict[str, float] = field(default_factory=dict)
+
+
+def check_first_stage(first_stage: str | Sequence[str]) -> tuple[str, ...]:
+    """Normalise ``first_stage`` to a tuple of ``"dense"`` / ``"sparse"``.
+
+    >>> check_first_stage("dense")
+    ('dense',)
+    """
+    stages = (first_stage,) if isinstance(first_stage, str) else tuple(first_stage)
+    if not stages or any(s not in FIRST_STAGES for s in stages):
+        raise ValueError(f"first_stage must be one or both of {FIRST_STAGES}, got {first_stage!r}")
+    return tuple(dict.fromkeys(stages))
+
+
+def check_search_args(
+    k: int, candidates: int, first_stage: str | Sequence[str], weights: Sequence[float]
+) -> tuple[tuple[str, ...], Weights]:
+    """Validate the common search arguments; returns the normalised first stage and weights."""
+    for name, value in (("k", k), ("candidates", candidates)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    return check_first_stage(first_stage), normalize_weights(weights)
+
+
+def top_k(scores: np.ndarray, k: int) -> np.ndarray:
+    """Positions of the ``k`` largest finite scores, best first (ties: lower position first).
+
+    >>> top_k(np.array([0.1, 0.9, -np.inf, 0.9, 0.5]), 3).tolist()
+    [1, 3, 4]
+    """
+    finite = np.flatnonzero(np.isfinite(scores))
+    if len(finite) > k:
+        part = np.argpartition(-scores[finite], k - 1)[:k]
+        # keep everything tied with the k-th score so that ties resolve by position
+        threshold = scores[finite[part]].min()
+        finite = finite[scores[finite] >= threshold]
+    order = np.lexsort((finite, -scores[finite]))
+    return finite[order][:k]
+
+
+def rerank(
+    dense: np.ndarray,
+    sparse: np.ndarray,
+    query_colbert: np.ndarray,
+    colbert: np.ndarray,
+    colbert_offsets: np.ndarray,
+    *,
+    weights: Weights,
+    k: int,
+) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """Exact hybrid scores of ``c`` candidates and the best ``k`` of them.
+
+    Args:
+        dense: (c,) dense scores of the candidates.
+        sparse: (c,) lexical scores.
+        query_colbert: (Lq, d) the query's ColBERT vectors.
+        colbert: (M, d) the candidates' ColBERT vectors, packed; ``colbert_offsets`` (c + 1,).
+        weights: ``(w_dense, w_sparse, w_colbert)``.
+
+    Returns:
+        ``(order, hybrid, per_mode)``: positions of the best ``k`` candidates, best first; the
+        (c,) hybrid scores; ``{"dense", "sparse", "colbert"}`` -> (c,) scores.
+    """
+    colbert_all = colbert_scores(query_colbert, colbert, colbert_offsets)
+    hybrid = hybrid_scores(dense, sparse, colbert_all, weights)
+    per_mode = {"dense": np.asarray(dense), "sparse": np.asarray(sparse), "colbert": colbert_all}
+    return top_k(hybrid, k), hybrid, per_mode
+
+
+def make_hits(
+    positions: np.ndarray,
+    hybrid: np.ndarray,
+    per_mode: Mapping[str, np.ndarray],
+    ids: Sequence[str],
+    texts: Sequence[str],
+    metadatas: Sequence[dict[str, Any]],
+) -> list[SearchHit]:
+    """Build :class:`SearchHit` objects for ``positions`` into the candidate arrays."""
+    import copy
+
+    return [
+        SearchHit(
+            id=ids[p],
+            text=texts[p],
+            metadata=copy.deepcopy(metadatas[p]),
+            score=float(hybrid[p]),
+            scores={mode: float(values[p]) for mode, values in per_mode.items()},
+        )
+        for p in positions.tolist()
+    ]
