@@ -12,6 +12,7 @@ from .encoder import DEFAULT_MODEL, M3Embedder
 from .errors import CheckpointError, IndexFormatError, MissingHeadError
 from .index import M3Index, Record
 from .output import EncodedBatch, M3Output
+from .rerank import RankedText, rerank_texts
 from .retrieval import SearchHit
 
 __all__ = [
@@ -23,8 +24,10 @@ __all__ = [
     "M3Index",
     "M3Output",
     "MissingHeadError",
+    "RankedText",
     "Record",
     "SearchHit",
+    "rerank_texts",
 ]
 
 __version__ = "0.1.0"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,8 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "BAAI/bge-m3"
 _PROGRESS_MIN_TEXTS = 1000  # show_progress=None shows a bar from this many texts on
+_SHARED: dict[tuple[str, str, str], M3Embedder] = {}
+_SHARED_LOCK = threading.Lock()
 
 
 def _check_texts(texts: str | Sequence[str]) -> list[str]:
@@ -144,6 +147,33 @@ class M3Embedder:
             query_max_length=query_max_length,
             passage_max_length=passage_max_length,
         )
+
+    @classmethod
+    def shared(
+        cls,
+        name_or_path: str | os.PathLike[str] = DEFAULT_MODEL,
+        *,
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype | None = None,
+        **kwargs: Any,
+    ) -> M3Embedder:
+        """One loaded model per (name, device, dtype) in this process: what the adapters use.
+
+        The first call loads with :meth:`from_pretrained` (``kwargs`` go there); later calls with
+        the same name, device and dtype return the same instance.
+
+        >>> M3Embedder.shared("tests/data/tiny-m3") is M3Embedder.shared("tests/data/tiny-m3")
+        True
+        """
+        torch_device = resolve_device(device)
+        torch_dtype = resolve_dtype(dtype, torch_device)
+        path = Path(name_or_path)
+        name = str(path.resolve()) if path.is_dir() else str(name_or_path)
+        key = (name, str(torch_device), str(torch_dtype))
+        with _SHARED_LOCK:
+            if key not in _SHARED:
+                _SHARED[key] = cls.from_pretrained(name_or_path, device=torch_device, dtype=torch_dtype, **kwargs)
+            return _SHARED[key]
 
     def __repr__(self) -> str:
         return f"M3Embedder({self.name!r}, device={str(self.device)!r}, dtype={str(self.dtype).removeprefix('torch.')})"

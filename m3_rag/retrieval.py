@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -17,6 +17,7 @@ from .scoring import Weights, colbert_scores, hybrid_scores, normalize_weights
 
 __all__ = [
     "FIRST_STAGES",
+    "HybridStore",
     "SearchHit",
     "check_first_stage",
     "check_search_args",
@@ -46,6 +47,47 @@ class SearchHit:
     metadata: dict[str, Any] = field(default_factory=dict)
     score: float = 0.0
     scores: dict[str, float] = field(default_factory=dict)
+
+
+@runtime_checkable
+class HybridStore(Protocol):
+    """What retrievers need from a store: :class:`~m3_rag.M3Index` and the Milvus store both are one."""
+
+    embedder: Any
+
+    def __len__(self) -> int: ...
+
+    def add(
+        self,
+        texts: Sequence[str],
+        *,
+        ids: Sequence[str] | None = None,
+        metadatas: Sequence[Mapping[str, Any] | None] | None = None,
+    ) -> list[str]: ...
+
+    def delete(self, ids: Sequence[str]) -> int: ...
+
+    def search(
+        self,
+        query: str,
+        *,
+        k: int = 10,
+        candidates: int = 100,
+        first_stage: str | Sequence[str] = ("dense", "sparse"),
+        weights: Sequence[float] = (1.0, 1.0, 1.0),
+        filter: Mapping[str, Any] | None = None,
+    ) -> list[SearchHit]: ...
+
+    def search_batch(
+        self,
+        queries: Sequence[str],
+        *,
+        k: int = 10,
+        candidates: int = 100,
+        first_stage: str | Sequence[str] = ("dense", "sparse"),
+        weights: Sequence[float] = (1.0, 1.0, 1.0),
+        filter: Mapping[str, Any] | None = None,
+    ) -> list[list[SearchHit]]: ...
 
 
 def check_first_stage(first_stage: str | Sequence[str]) -> tuple[str, ...]:
