@@ -137,7 +137,8 @@ class M3Embedder:
             trust_remote_code=trust_remote_code,
             attn_implementation=attn_implementation,
         )
-        name = str(name_or_path) if not Path(name_or_path).is_dir() else str(Path(name_or_path))
+        # a local folder is recorded by its absolute path, so that a saved index finds it again
+        name = str(Path(name_or_path).resolve()) if Path(name_or_path).is_dir() else str(name_or_path)
         return cls(
             model,
             tokenizer,

@@ -102,6 +102,12 @@ class M3Tokenizer:
                 self._tokenizer.no_truncation()
         return [e.ids for e in encodings], [bool(e.overflowing) for e in encodings]
 
+    def offsets(self, text: str) -> list[tuple[int, int]]:
+        """Character span of every token of ``text`` (no special tokens, no truncation)."""
+        with self._lock:
+            encoding = self._tokenizer.encode(text, add_special_tokens=False)
+        return [(int(a), int(b)) for a, b in encoding.offsets]
+
     def convert_ids_to_tokens(self, ids: list[int]) -> list[str]:
         """The token string of each id (``None`` ids become ``''``)."""
         return [self._tokenizer.id_to_token(int(i)) or "" for i in ids]

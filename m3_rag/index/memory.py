@@ -169,9 +169,14 @@ class M3Index:
             self._changed()
         rows = np.arange(first, first + len(items))
         for batch in self.embedder.iter_encode(
-            items, dense=True, sparse=True, colbert=colbert,
-            max_length=self.embedder.passage_max_length, batch_size=batch_size, show_progress=show_progress,
-        ):  # fmt: skip
+            items,
+            dense=True,
+            sparse=True,
+            colbert=colbert,
+            max_length=self.embedder.passage_max_length,
+            batch_size=batch_size,
+            show_progress=show_progress,
+        ):
             assert batch.dense is not None and batch.sparse_ids is not None
             assert batch.sparse_weights is not None and batch.sparse_offsets is not None
             where = rows[batch.indices]
@@ -336,8 +341,9 @@ class M3Index:
         path = Path(path)
         with self._lock:
             rows = np.flatnonzero(self._alive)
-            sparse_ids, sparse_offsets = self._sparse_ids.gather(rows) if len(rows) else (
-                np.zeros(0, np.int32), np.zeros(1, np.int64))  # fmt: skip
+            sparse_ids, sparse_offsets = (
+                self._sparse_ids.gather(rows) if len(rows) else (np.zeros(0, np.int32), np.zeros(1, np.int64))
+            )
             arrays = {
                 "dense": self._dense.matrix[rows],
                 "sparse_ids": sparse_ids,
@@ -347,8 +353,9 @@ class M3Index:
             if self._colbert is not None:
                 dim = self.embedder.colbert_dim or 0
                 dtype = _COLBERT_DTYPES[str(self.colbert_storage)]
-                vectors, offsets = self._colbert.gather(rows) if len(rows) else (
-                    np.zeros((0, dim), dtype), np.zeros(1, np.int64))  # fmt: skip
+                vectors, offsets = (
+                    self._colbert.gather(rows) if len(rows) else (np.zeros((0, dim), dtype), np.zeros(1, np.int64))
+                )
                 arrays["colbert"], arrays["colbert_offsets"] = vectors, offsets
             manifest = {
                 "model": self.embedder.name,

@@ -1,0 +1,135 @@
+"""The ``m3-rag`` command through its real entry point (a subprocess)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).parent.parent
+CORPUS = ROOT / "examples" / "corpus"
+TINY = ROOT / "tests" / "data" / "tiny-m3"
+
+
+def m3_rag(*args: str, model: Path | None = TINY, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    script = Path(sys.executable).with_name("m3-rag")
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "m3_rag"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    env.pop("M3_RAG_MODEL", None)
+    if model is not None:
+        env["M3_RAG_MODEL"] = str(model)
+    return subprocess.run([*command, *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    work = tmp_path_factory.mktemp("cli")
+    corpus = work / "corpus"
+    shutil.copytree(CORPUS, corpus)
+    index = work / "index"
+    result = m3_rag("index", str(corpus), "--index", str(index), "--chunk-tokens", "48", "--overlap", "8", "-q")
+    assert result.returncode == 0, result.stderr
+    assert "into" in result.stdout
+    return corpus, index
+
+
+def test_index_and_search_json(built) -> None:
+    _corpus, index = built
+    result = m3_rag("search", "Hauptstadt Deutschland Berlin", "--index", str(index), "-k", "3", "--json")
+    assert result.returncode == 0, result.stderr
+    hits = json.loads(result.stdout)
+    assert [h["rank"] for h in hits] == [1, 2, 3]
+    assert hits[0]["source"].endswith("berlin.de.txt")
+    assert all(set(h["scores"]) == {"dense", "sparse", "colbert"} for h in hits)
+    assert hits[0]["score"] == pytest.approx(sum(hits[0]["scores"].values()) / 3, rel=1e-5)
+    assert hits[0]["score"] >= hits[1]["score"] >= hits[2]["score"]
+
+
+def test_chunks_never_exceed_the_limit(built) -> None:
+    from m3_rag.tokenizer import M3Tokenizer
+
+    _, index = built
+    result = m3_rag("search", "BGE-M3 model", "--index", str(index), "-k", "50", "--json")
+    hits = json.loads(result.stdout)
+    tok = M3Tokenizer.from_folder(TINY)
+    lengths = [len(ids) for ids in tok.encode([h["text"] for h in hits], max_length=1 << 20)]
+    assert max(lengths) <= 48
+    assert len({h["source"] for h in hits}) == len(list(CORPUS.iterdir()))  # every file is in
+    assert any(h["chunk"] > 0 for h in hits)  # long files were split
+
+
+def test_text_output_and_weights(built) -> None:
+    _, index = built
+    result = m3_rag("search", "capital of France", "--index", str(index), "-k", "2", "--weights", "0,0,1")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("1. ")
+    assert "dense" in result.stdout and "colbert" in result.stdout
+
+
+def test_info(built) -> None:
+    _, index = built
+    info = json.loads(m3_rag("info", "--index", str(index), "--json", model=None).stdout)
+    assert info["sources"] == len(list(CORPUS.iterdir()))
+    assert info["chunks"] > info["sources"] and info["dense_dim"] == 32
+    assert info["model"] == str(TINY.resolve())
+    assert m3_rag("info", "--index", str(index), model=None).returncode == 0
+
+
+def test_reindex_replaces_a_changed_file_only(built, tmp_path) -> None:
+    corpus, index = built
+    copy = tmp_path / "index"
+    shutil.copytree(index, copy)
+    before = json.loads(m3_rag("info", "--index", str(copy), "--json").stdout)["chunks"]
+    (corpus / "rag.txt").write_text("Zebras graze on the savanna.", encoding="utf-8")
+    try:
+        result = m3_rag("index", str(corpus), "--index", str(copy), "--chunk-tokens", "48", "-q")
+    finally:
+        shutil.copy(CORPUS / "rag.txt", corpus / "rag.txt")
+    assert result.returncode == 0, result.stderr
+    assert "indexed 1 file(s)" in result.stdout and f"{len(list(CORPUS.iterdir())) - 1} unchanged" in result.stdout
+    hits = json.loads(m3_rag("search", "Zebras savanna", "--index", str(copy), "-k", "40", "--json").stdout)
+    rag = [h for h in hits if h["source"].endswith("rag.txt")]
+    assert [h["text"] for h in rag] == ["Zebras graze on the savanna."]
+    after = json.loads(m3_rag("info", "--index", str(copy), "--json").stdout)["chunks"]
+    assert after < before  # the old chunks of rag.txt are gone
+
+
+def test_model_from_the_index_when_none_given(built) -> None:
+    _, index = built
+    implicit = m3_rag("search", "Madrid", "--index", str(index), "-k", "3", "--json", model=None)
+    explicit = m3_rag("search", "Madrid", "--index", str(index), "-k", "3", "--json", model=TINY)
+    assert implicit.returncode == 0, implicit.stderr
+    assert json.loads(implicit.stdout) == json.loads(explicit.stdout)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("index", "/no/such/path", "--index", "{tmp}/i"), "no such file or folder"),
+        (("search", "q", "--index", "{tmp}"), "is not an m3-rag index"),
+        (("info", "--index", "{tmp}/missing"), "is not an m3-rag index"),
+        (("search", "q", "--index", "{index}", "--weights", "1,2"), "--weights must be three numbers"),
+        (("search", "q", "--index", "{index}", "--model", str(TINY.parent / "tiny-m3-bin")), "was built with model"),
+        (("index", "{corpus}", "--index", "{tmp}/j", "--model", "{tmp}"), "not a BGE-M3 checkpoint"),
+    ],
+)
+def test_errors_are_one_line(built, tmp_path, args, message) -> None:
+    corpus, index = built
+    filled = [a.format(tmp=tmp_path, index=index, corpus=corpus) for a in args]
+    result = m3_rag(*filled)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("m3-rag: error:"), result.stderr
+    assert message in lines[0]
+    assert "Traceback" not in result.stderr
+
+
+def test_wrong_file_type(tmp_path) -> None:
+    (tmp_path / "a.pdf").write_bytes(b"%PDF")
+    result = m3_rag("index", str(tmp_path / "a.pdf"), "--index", str(tmp_path / "i"))
+    assert result.returncode == 1 and "only .txt and .md files" in result.stderr
