@@ -20,7 +20,7 @@ import pytest
 from m3_rag import IndexFormatError, M3Embedder, M3Index
 
 TINY = Path(__file__).parent / "data" / "tiny-m3"
-DOCS = [f"document {i} about {'berlin paris 北京 madrid tokyo'.split()[i % 5]} " * (1 + i % 4) for i in range(40)]
+DOCS = [f"document {i} about {['berlin', 'paris', '北京', 'madrid', 'tokyo'][i % 5]} " * (1 + i % 4) for i in range(40)]
 
 
 @pytest.fixture(scope="module")
