@@ -118,6 +118,37 @@ def make(name: str, *, hidden: int, layers: int, heads: int, ffn: int, safetenso
     print(f"{folder.relative_to(ROOT)}: {size / 1e6:.2f} MB, vocab {config.vocab_size}")
 
 
+def make_cross_encoder(name: str = "tiny-cross-encoder", *, seed: int = 2) -> None:
+    """A random XLM-R sequence classifier (one label), the format of BAAI/bge-reranker-v2-m3."""
+    from transformers import XLMRobertaForSequenceClassification
+
+    folder = OUT / name
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    tok = train_tokenizer(vocab_size=1200)
+    tokenizer_files(folder, tok, max_length=512)
+    torch.manual_seed(seed)
+    config = XLMRobertaConfig(
+        vocab_size=tok.get_vocab_size(),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=514,
+        type_vocab_size=1,
+        pad_token_id=1,
+        bos_token_id=0,
+        eos_token_id=2,
+        initializer_range=0.2,
+        num_labels=1,
+    )
+    config.architectures = ["XLMRobertaForSequenceClassification"]
+    XLMRobertaForSequenceClassification(config).eval().save_pretrained(folder)
+    size = sum(f.stat().st_size for f in folder.iterdir())
+    print(f"{folder.relative_to(ROOT)}: {size / 1e6:.2f} MB")
+
+
 if __name__ == "__main__":
     make("tiny-m3", hidden=32, layers=2, heads=4, ffn=64, safetensors=True, seed=0)
     make("tiny-m3-bin", hidden=48, layers=3, heads=4, ffn=96, safetensors=False, seed=1)
+    make_cross_encoder()

@@ -14,6 +14,7 @@ from typing import Any, Literal
 import numpy as np
 import scipy.sparse as sp
 
+from ..cross_encoder import CrossEncoderLike, apply_cross_encoder
 from ..encoder import M3Embedder, _check_texts
 from ..errors import IndexFormatError
 from ..retrieval import SearchHit, check_search_args, make_hits, rerank, top_k
@@ -237,12 +238,21 @@ class M3Index:
         first_stage: str | Sequence[str] = ("dense", "sparse"),
         weights: Sequence[float] = (1.0, 1.0, 1.0),
         filter: MetadataFilter | None = None,
+        rerank_with: str | CrossEncoderLike | None = None,
+        rerank_top_n: int | None = None,
     ) -> list[SearchHit]:
         """The ``k`` best documents for ``query`` by hybrid score (see :meth:`search_batch`)."""
         if not isinstance(query, str):
             raise TypeError(f"query must be a str, got {type(query).__name__}")
         return self.search_batch(
-            [query], k=k, candidates=candidates, first_stage=first_stage, weights=weights, filter=filter
+            [query],
+            k=k,
+            candidates=candidates,
+            first_stage=first_stage,
+            weights=weights,
+            filter=filter,
+            rerank_with=rerank_with,
+            rerank_top_n=rerank_top_n,
         )[0]
 
     def search_batch(
@@ -254,6 +264,8 @@ class M3Index:
         first_stage: str | Sequence[str] = ("dense", "sparse"),
         weights: Sequence[float] = (1.0, 1.0, 1.0),
         filter: MetadataFilter | None = None,
+        rerank_with: str | CrossEncoderLike | None = None,
+        rerank_top_n: int | None = None,
     ) -> list[list[SearchHit]]:
         """Search several queries, encoded together in one pass.
 
@@ -264,6 +276,10 @@ class M3Index:
             first_stage: ``"dense"``, ``"sparse"`` or both (the union of their candidates).
             weights: ``(w_dense, w_sparse, w_colbert)`` of the hybrid score.
             filter: metadata equalities, ``{"lang": "en", "year": [2023, 2024]}`` (a list: any of).
+            rerank_with: an optional final stage: a cross-encoder (``sentence_transformers.CrossEncoder``
+                or a model name such as ``"BAAI/bge-reranker-v2-m3"``) that reorders the top
+                ``rerank_top_n`` hybrid hits (default ``k``); the hit's ``score`` becomes the
+                cross-encoder's and ``scores`` keeps ``"hybrid"`` and ``"cross_encoder"``.
 
         Returns:
             One list of :class:`SearchHit` per query, best first.
@@ -273,6 +289,14 @@ class M3Index:
         conditions = check_filter(filter)
         if not items:
             return []
+        if rerank_with is not None:
+            top_n = k if rerank_top_n is None else rerank_top_n
+            if isinstance(top_n, bool) or not isinstance(top_n, int) or top_n < 1:
+                raise ValueError(f"rerank_top_n must be an int >= 1 or None, got {rerank_top_n!r}")
+            staged = self.search_batch(
+                items, k=max(k, top_n), candidates=candidates, first_stage=stages, weights=w, filter=filter
+            )
+            return [apply_cross_encoder(rerank_with, q, hits[:top_n], k=k) for q, hits in zip(items, staged)]
         q = self.embedder.encode_queries(items, dense=True, sparse=True, colbert=True)
         assert q.dense is not None and q.sparse is not None and q.colbert is not None
         with self._lock:

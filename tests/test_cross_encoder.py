@@ -1,0 +1,90 @@
+"""The cross-encoder final stage and sentence-transformers interop."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sentence_transformers import CrossEncoder, SentenceTransformer
+
+from m3_rag import M3Embedder, M3Index
+from m3_rag.cross_encoder import apply_cross_encoder, load_cross_encoder, write_sentence_transformers_config
+
+DATA = Path(__file__).parent / "data"
+CE = DATA / "tiny-cross-encoder"
+CORPUS = [
+    "Berlin is the capital of Germany.",
+    "Paris is the capital of France.",
+    "The quick brown fox jumps over the lazy dog.",
+    "Hybrid retrieval reranks candidates with three scores.",
+    "Die Hauptstadt von Deutschland ist Berlin.",
+    "A vector database stores embeddings.",
+    "repeat repeat repeat",
+]
+
+
+@pytest.fixture(scope="module")
+def index() -> M3Index:
+    idx = M3Index(M3Embedder.shared(DATA / "tiny-m3"), colbert="float32")
+    idx.add(CORPUS, ids=[f"d{i}" for i in range(len(CORPUS))])
+    return idx
+
+
+@pytest.fixture(scope="module")
+def cross_encoder() -> CrossEncoder:
+    model = load_cross_encoder(str(CE), device="cpu")
+    assert isinstance(model, CrossEncoder)
+    return model
+
+
+@pytest.mark.parametrize("top_n", [3, 5, 50])
+def test_final_stage_orders_the_top_n_by_predict(index, cross_encoder, top_n) -> None:
+    query = "capital of Germany"
+    hybrid = index.search(query, k=len(CORPUS))
+    final = index.search(query, k=3, rerank_with=cross_encoder, rerank_top_n=top_n)
+    seen = hybrid[:top_n]
+    predicted = cross_encoder.predict([(query, h.text) for h in seen])
+    expected = [seen[i].id for i in np.argsort(-predicted, kind="stable")[:3]]
+    assert [h.id for h in final] == expected
+    by_id = {h.id: h for h in hybrid}
+    for hit in final:
+        assert hit.score == pytest.approx(hit.scores["cross_encoder"])
+        assert hit.scores["hybrid"] == pytest.approx(by_id[hit.id].score)  # the hybrid score is kept
+        assert hit.scores["dense"] == pytest.approx(by_id[hit.id].scores["dense"])
+
+
+def test_model_name_and_batch(index) -> None:
+    queries = ["capital of Germany", "vector database"]
+    batch = index.search_batch(queries, k=2, rerank_with=str(CE), rerank_top_n=4)
+    single = [index.search(q, k=2, rerank_with=str(CE), rerank_top_n=4) for q in queries]
+    assert [[h.id for h in hits] for hits in batch] == [[h.id for h in hits] for hits in single]
+    assert all(len(hits) == 2 for hits in batch)
+
+
+def test_apply_on_no_hits_and_bad_arguments(index, cross_encoder) -> None:
+    assert apply_cross_encoder(cross_encoder, "q", []) == []
+    with pytest.raises(ValueError, match="rerank_top_n"):
+        index.search("q", rerank_with=cross_encoder, rerank_top_n=0)
+    with pytest.raises(TypeError, match="rerank_with must be"):
+        index.search("q", rerank_with=42)  # type: ignore[arg-type]
+
+
+def test_missing_sentence_transformers_names_the_extra(monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "sentence_transformers", None)
+    with pytest.raises(ImportError, match=r'pip install "m3-rag\[rerank\]"'):
+        load_cross_encoder("some/other-model")
+
+
+def test_sentence_transformer_dense_equals_m3(tmp_path) -> None:
+    folder = tmp_path / "tiny-m3"
+    shutil.copytree(DATA / "tiny-m3", folder)
+    write_sentence_transformers_config(folder)
+    st_model = SentenceTransformer(str(folder), device="cpu")
+    texts = ["What is BGE-M3?", "Hybrid retrieval first finds candidates, then reranks them.", ""]
+    ours = M3Embedder.from_pretrained(folder).encode(texts, sparse=False, colbert=False).dense
+    theirs = st_model.encode(texts, convert_to_numpy=True)
+    np.testing.assert_allclose(theirs, ours, atol=1e-5)
+    write_sentence_transformers_config(folder)  # idempotent: existing files are kept
