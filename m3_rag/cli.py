@@ -151,7 +151,14 @@ def cmd_search(args: argparse.Namespace) -> int:
         raise CliError(f"{index_dir} is not an m3-rag index (no manifest.json); create one with `m3-rag index`")
     weights = _parse_weights(args.weights)
     index = _open_index(index_dir, _model_name(args, index_dir), create=False)
-    hits = index.search(args.query, k=args.k, candidates=args.candidates, weights=weights)
+    hits = index.search(
+        args.query,
+        k=args.k,
+        candidates=args.candidates,
+        weights=weights,
+        rerank_with=args.rerank_model,
+        rerank_top_n=args.rerank_top_n,
+    )
     if args.json:
         rows = [
             {
@@ -172,8 +179,10 @@ def cmd_search(args: argparse.Namespace) -> int:
     for rank, hit in enumerate(hits, 1):
         s = hit.scores
         where = f"{hit.metadata.get('source', hit.id)}#{hit.metadata.get('chunk', '')}".rstrip("#")
+        extra = f"  hybrid {s['hybrid']:.4f}" if "hybrid" in s else ""
         print(
-            f"{rank}. {hit.score:.4f}  (dense {s['dense']:.4f}  sparse {s['sparse']:.4f}  colbert {s['colbert']:.4f})"
+            f"{rank}. {hit.score:.4f}  (dense {s['dense']:.4f}  sparse {s['sparse']:.4f}  "
+            f"colbert {s['colbert']:.4f}{extra})"
         )
         print(f"   {where}")
         print(f"   {_snippet(hit.text)}")
@@ -240,6 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-k", type=int, default=5, help="number of hits (default 5)")
     p.add_argument("--candidates", type=int, default=100, help="first-stage candidates per mode (default 100)")
     p.add_argument("--weights", default="1,1,1", help="dense,sparse,colbert weights (default 1,1,1)")
+    p.add_argument("--rerank-model", help="cross-encoder for a final stage, e.g. BAAI/bge-reranker-v2-m3")
+    p.add_argument("--rerank-top-n", type=int, default=None, help="hybrid hits the cross-encoder sees (default: -k)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_search)
 
@@ -256,7 +267,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except (CliError, CheckpointError, IndexFormatError, FileExistsError, ValueError, TypeError, OSError) as exc:
+    except (
+        CliError,
+        CheckpointError,
+        IndexFormatError,
+        FileExistsError,
+        ImportError,
+        ValueError,
+        TypeError,
+        OSError,
+    ) as exc:
         print(f"m3-rag: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

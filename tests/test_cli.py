@@ -71,6 +71,17 @@ def test_text_output_and_weights(built) -> None:
     assert "dense" in result.stdout and "colbert" in result.stdout
 
 
+def test_rerank_model(built) -> None:
+    _, index = built
+    ce = ROOT / "tests" / "data" / "tiny-cross-encoder"
+    args = ("search", "capital", "--index", str(index), "-k", "2", "--rerank-model", str(ce), "--rerank-top-n", "5")
+    result = m3_rag(*args, "--json")
+    assert result.returncode == 0, result.stderr
+    hits = json.loads(result.stdout)
+    assert len(hits) == 2 and hits[0]["score"] == hits[0]["scores"]["cross_encoder"]
+    assert "hybrid" in hits[0]["scores"]
+
+
 def test_info(built) -> None:
     _, index = built
     info = json.loads(m3_rag("info", "--index", str(index), "--json", model=None).stdout)
