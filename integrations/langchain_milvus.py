@@ -1,8 +1,20 @@
 """BGE-M3 sparse weights for ``langchain_milvus`` (``Milvus`` with a sparse vector field).
 
 Needs ``langchain-milvus`` (``pip install "m3-rag[langchain]" langchain-milvus``; it wants
-pymilvus>=3). Pass it next to the dense embeddings:
-``Milvus(embedding_function=[M3Embeddings(...), M3MilvusSparseEmbedding(...)], vector_field=["dense", "sparse"], ...)``.
+pymilvus>=3). Pass it next to the dense embeddings; checked with langchain-milvus 0.4.0 and
+milvus-lite 3.2.2 (the model ran once per text for both fields)::
+
+    dense = M3Embeddings(model_name="BAAI/bge-m3")
+    store = Milvus.from_texts(
+        texts, embedding=[dense, M3MilvusSparseEmbedding(dense)], vector_field=["dense", "sparse"],
+        connection_args={"uri": "./milvus.db"},
+        index_params=[{"metric_type": "IP", "index_type": "FLAT"},
+                      {"metric_type": "IP", "index_type": "SPARSE_INVERTED_INDEX"}])
+    store.similarity_search("query", k=2, ranker_type="weighted", ranker_params={"weights": [0.5, 0.5]},
+                            param=[{"metric_type": "IP", "params": {}},
+                                   {"metric_type": "IP", "params": {"drop_ratio_search": 0.0}}])
+
+(milvus-lite refuses langchain-milvus' default sparse search parameters, hence ``param``.)
 """
 
 from __future__ import annotations
