@@ -1,0 +1,175 @@
+"""Sparse adapters in LangChain vector stores: Qdrant (in memory) and Milvus (a stub of its interface)."""
+
+from __future__ import annotations
+
+import importlib
+import re
+import sys
+import types
+import uuid
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from _langchain_helpers import CORPUS, TINY, count_encodes
+from langchain_core.runnables.config import run_in_executor
+from langchain_qdrant import QdrantVectorStore, RetrievalMode, SparseEmbeddings, SparseVector
+from m3_rag.integrations.langchain import M3Embeddings
+from m3_rag.integrations.langchain_qdrant import M3QdrantSparseEmbeddings
+from qdrant_client import QdrantClient, models
+
+from m3_rag import M3Embedder
+
+UUIDS = [str(uuid.UUID(int=i + 1)) for i in range(len(CORPUS))]
+
+
+@pytest.fixture
+def fresh() -> M3Embedder:
+    """A model of its own, so that its cache starts empty and its encode calls can be counted."""
+    return M3Embedder.from_pretrained(TINY, device="cpu")
+
+
+def test_qdrant_hybrid_runs_the_model_once_per_text(fresh: M3Embedder, embedder: M3Embedder) -> None:
+    dense = M3Embeddings(embedder=fresh)
+    sparse = M3QdrantSparseEmbeddings(dense)
+    assert sparse.embeddings is dense
+    assert isinstance(sparse, SparseEmbeddings)
+    client = QdrantClient(":memory:")
+    client.create_collection(
+        "docs",
+        vectors_config={"dense": models.VectorParams(size=fresh.dim, distance=models.Distance.COSINE)},
+        sparse_vectors_config={"sparse": models.SparseVectorParams()},
+    )
+    with count_encodes(fresh) as counter:
+        store = QdrantVectorStore(
+            client=client, collection_name="docs", embedding=dense, sparse_embedding=sparse,
+            retrieval_mode=RetrievalMode.HYBRID, vector_name="dense", sparse_vector_name="sparse",
+        )  # fmt: skip
+        ids = store.add_texts(CORPUS, metadatas=[{"n": i} for i in range(len(CORPUS))], ids=UUIDS)
+        assert ids == UUIDS
+        # Qdrant asked for dense and then sparse vectors of the same texts: one pass per text
+        assert counter.texts == {**dict.fromkeys(CORPUS, 1), "dummy_text": 1}
+        query = "capital of Germany"
+        found = store.similarity_search(query, k=3)
+        assert counter.texts[query] == 1 and len(counter.calls) == 3  # the query once, for both modes
+
+    # what Qdrant stores is what the encoder gives
+    expected = embedder.encode_documents(CORPUS, colbert=False)
+    assert expected.dense is not None and expected.sparse is not None
+    points = {p.id: p for p in client.retrieve("docs", UUIDS, with_vectors=True)}
+    for i, point_id in enumerate(UUIDS):
+        vectors: Any = points[point_id].vector
+        np.testing.assert_allclose(vectors["dense"], expected.dense[i], rtol=1e-5, atol=1e-6)
+        stored = dict(zip(vectors["sparse"].indices, vectors["sparse"].values))
+        assert sorted(stored) == sorted(expected.sparse[i])
+        np.testing.assert_allclose([stored[t] for t in sorted(stored)], [expected.sparse[i][t] for t in sorted(stored)],
+                                   rtol=1e-5)  # fmt: skip
+
+    # the hybrid results fuse the dense and the sparse rankings of the same scores
+    scores = embedder.compute_score([(query, t) for t in CORPUS])
+    dense_top = set(np.argsort(scores["dense"])[::-1][:3].tolist())
+    sparse_top = {i for i in np.argsort(scores["sparse"])[::-1][:3].tolist() if scores["sparse"][i] > 0}
+    assert len(found) == 3
+    assert {d.metadata["n"] for d in found} <= dense_top | sparse_top
+    assert all(d.page_content == CORPUS[d.metadata["n"]] for d in found)
+
+    # sparse-only search scores equal the lexical scores of compute_score
+    lexical = QdrantVectorStore(
+        client=client, collection_name="docs", sparse_embedding=sparse,
+        retrieval_mode=RetrievalMode.SPARSE, sparse_vector_name="sparse",
+    )  # fmt: skip
+    ranked = lexical.similarity_search_with_score(query, k=3)
+    want = sorted((s for s in scores["sparse"] if s > 0), reverse=True)[:3]
+    np.testing.assert_allclose([s for _, s in ranked], want, rtol=1e-5)
+    for doc, score in ranked:
+        assert score == pytest.approx(scores["sparse"][doc.metadata["n"]], rel=1e-5)
+
+
+def test_qdrant_sparse_vectors(fresh: M3Embedder) -> None:
+    sparse = M3QdrantSparseEmbeddings(embedder=fresh, query_max_length=4)
+    assert sparse.embeddings.model is fresh
+    query = sparse.embed_query(CORPUS[4])
+    assert isinstance(query, SparseVector)
+    assert all(type(i) is int for i in query.indices) and all(type(v) is float for v in query.values)
+    want = fresh.encode_queries(CORPUS[4], max_length=4, colbert=False).sparse
+    assert want is not None and dict(zip(query.indices, query.values)) == pytest.approx(want[0], rel=1e-5)
+    docs = sparse.embed_documents(CORPUS[:3])
+    assert [len(v.indices) for v in docs] == [len(w) for w in fresh.encode_documents(CORPUS[:3]).sparse or []]
+    with pytest.raises(TypeError, match="not both"):
+        M3QdrantSparseEmbeddings(M3Embeddings(embedder=fresh), device="cpu")
+
+
+async def test_qdrant_sparse_async(fresh: M3Embedder) -> None:
+    sparse = M3QdrantSparseEmbeddings(embedder=fresh)
+    assert await sparse.aembed_query("capital") == sparse.embed_query("capital")
+    assert await sparse.aembed_documents(CORPUS[:2]) == sparse.embed_documents(CORPUS[:2])
+
+
+class _BaseSparseEmbedding(ABC):
+    """The interface of ``langchain_milvus.utils.sparse.BaseSparseEmbedding`` (langchain-milvus 0.4)."""
+
+    @abstractmethod
+    def embed_query(self, query: str) -> dict[int, float]: ...
+
+    @abstractmethod
+    def embed_documents(self, texts: list[str]) -> list[dict[int, float]]: ...
+
+    async def aembed_query(self, query: str) -> dict[int, float]:
+        return await run_in_executor(None, self.embed_query, query)
+
+    async def aembed_documents(self, texts: list[str]) -> list[dict[int, float]]:
+        return await run_in_executor(None, self.embed_documents, texts)
+
+
+@pytest.fixture
+def milvus_module(monkeypatch: pytest.MonkeyPatch) -> types.ModuleType:
+    """``m3_rag.integrations.langchain_milvus`` imported against a stub of langchain-milvus.
+
+    langchain-milvus 0.4 needs pymilvus>=3 (the llama-index Milvus store needs <3), so the dev
+    environment does not install it; the stub has its exact interface.
+    """
+    for name, attrs in (("langchain_milvus", {}), ("langchain_milvus.utils", {}),
+                        ("langchain_milvus.utils.sparse", {"BaseSparseEmbedding": _BaseSparseEmbedding})):  # fmt: skip
+        module = types.ModuleType(name)
+        for key, value in attrs.items():
+            setattr(module, key, value)
+        monkeypatch.setitem(sys.modules, name, module)
+    monkeypatch.delitem(sys.modules, "m3_rag.integrations.langchain_milvus", raising=False)
+    return importlib.import_module("m3_rag.integrations.langchain_milvus")
+
+
+async def test_milvus_sparse_embedding(milvus_module: types.ModuleType, fresh: M3Embedder) -> None:
+    dense = M3Embeddings(embedder=fresh)
+    sparse = milvus_module.M3MilvusSparseEmbedding(dense)
+    assert isinstance(sparse, _BaseSparseEmbedding)
+    expected = fresh.encode_documents(CORPUS, colbert=False).sparse
+    with count_encodes(fresh) as counter:
+        vectors = dense.embed_documents(CORPUS)
+        weights = sparse.embed_documents(CORPUS)
+        assert counter.calls == [CORPUS] and len(vectors) == len(CORPUS)
+    assert expected is not None and all(type(i) is int for w in weights for i in w)
+    for got, want in zip(weights, expected):
+        assert got == pytest.approx(want, rel=1e-5)
+    query = fresh.encode_queries("capital of Germany", colbert=False).sparse
+    assert query is not None and sparse.embed_query("capital of Germany") == pytest.approx(query[0], rel=1e-5)
+    assert await sparse.aembed_query("capital of Germany") == sparse.embed_query("capital of Germany")
+    by_name = milvus_module.M3MilvusSparseEmbedding(model_name=str(TINY), device="cpu")
+    assert by_name.embeddings.model is M3Embedder.shared(str(TINY), device="cpu")
+
+
+def test_readme_langchain_example_runs(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """The README's LangChain section runs as written, with the tiny checkpoint for BAAI/bge-m3."""
+    root = Path(__file__).parent.parent
+    readme = (root / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## LangChain") : readme.index("## Run the tests")]
+    code = "\n".join(re.findall(r"```python\n(.*?)```", section, re.S))
+    assert code.count('"BAAI/bge-m3"') >= 3
+    monkeypatch.chdir(root)
+    scope: dict[str, Any] = {}
+    exec(compile(code.replace('"BAAI/bge-m3"', '"tests/data/tiny-m3"'), "README.md", "exec"), scope)
+    assert capsys.readouterr().out.strip() == "It reranks candidates with dense, sparse and ColBERT scores."
+    assert [len(v) for v in scope["vectors"]] == [32, 32, 32]
+    assert {d.page_content for d in scope["docs"]} <= set(scope["texts"]) and len(scope["docs"]) == 2
+    assert {"relevance_score", "dense_score", "sparse_score", "colbert_score"} <= set(scope["docs"][0].metadata)
