@@ -163,7 +163,8 @@ def test_readme_langchain_example_runs(monkeypatch: pytest.MonkeyPatch, capsys: 
     """The README's LangChain section runs as written, with the tiny checkpoint for BAAI/bge-m3."""
     root = Path(__file__).parent.parent
     readme = (root / "README.md").read_text(encoding="utf-8")
-    section = readme[readme.index("## LangChain") : readme.index("## Run the tests")]
+    start = readme.index("## LangChain")
+    section = readme[start : readme.index("\n## ", start + 1)]
     code = "\n".join(re.findall(r"```python\n(.*?)```", section, re.S))
     assert code.count('"BAAI/bge-m3"') >= 3
     monkeypatch.chdir(root)
