@@ -22,6 +22,7 @@ from .retrieval import SearchHit, top_k
 __all__ = [
     "CrossEncoderLike",
     "apply_cross_encoder",
+    "cross_encoder_scores",
     "load_cross_encoder",
     "write_sentence_transformers_config",
 ]
@@ -67,6 +68,20 @@ def load_cross_encoder(model: str | CrossEncoderLike, *, device: str | None = No
         return _LOADED[key]
 
 
+def cross_encoder_scores(
+    cross_encoder: str | CrossEncoderLike, query: str, texts: Sequence[str], *, batch_size: int = 32
+) -> np.ndarray:
+    """(len(texts),) relevance scores of ``(query, text)`` pairs, predicted in batches."""
+    if len(texts) == 0:
+        return np.zeros(0, dtype=np.float64)
+    model = load_cross_encoder(cross_encoder)
+    raw = model.predict([(query, text) for text in texts], batch_size=batch_size, show_progress_bar=False)
+    scores = np.asarray(raw, dtype=np.float64).reshape(len(texts), -1)
+    if scores.shape[1] != 1:
+        raise ValueError(f"the cross-encoder gave {scores.shape[1]} scores per pair; expected one (a relevance score)")
+    return scores[:, 0]
+
+
 def apply_cross_encoder(
     cross_encoder: str | CrossEncoderLike,
     query: str,
@@ -80,22 +95,14 @@ def apply_cross_encoder(
     Each returned hit's ``score`` is the cross-encoder's; ``scores`` keeps the per-mode scores and
     gains ``"hybrid"`` (the hit's previous score) and ``"cross_encoder"``. Ties keep the hybrid order.
     """
-    if not hits:
-        return []
-    model = load_cross_encoder(cross_encoder)
-    raw = model.predict([(query, hit.text) for hit in hits], batch_size=batch_size, show_progress_bar=False)
-    scores = np.asarray(raw, dtype=np.float64).reshape(len(hits), -1)
-    if scores.shape[1] != 1:
-        raise ValueError(f"the cross-encoder gave {scores.shape[1]} scores per pair; expected one (a relevance score)")
-    values = scores[:, 0]
-    order = top_k(values, k or len(hits))
+    values = cross_encoder_scores(cross_encoder, query, [hit.text for hit in hits], batch_size=batch_size)
     return [
         dataclasses.replace(
             hits[i],
             score=float(values[i]),
             scores={**hits[i].scores, "hybrid": hits[i].score, "cross_encoder": float(values[i])},
         )
-        for i in order.tolist()
+        for i in top_k(values, k or len(hits)).tolist()
     ]
 
 

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .cross_encoder import CrossEncoderLike, cross_encoder_scores
 from .retrieval import top_k
 from .scoring import colbert_scores, dense_scores, hybrid_scores, lexical_scores, normalize_weights, sparse_to_csr
 
@@ -35,11 +36,18 @@ def rerank_texts(
     top_n: int | None = None,
     max_query_length: int | None = None,
     max_passage_length: int | None = None,
+    rerank_with: str | CrossEncoderLike | None = None,
+    rerank_top_n: int | None = None,
 ) -> list[RankedText]:
     """Order ``texts`` by their hybrid score against ``query``, best first.
 
     The query and the texts are each encoded once (one pass per batch); the scores equal
     ``embedder.compute_score([(query, t) for t in texts], weights=weights)``.
+
+    With ``rerank_with`` (a cross-encoder or its model name), the best ``rerank_top_n`` by hybrid
+    score (default: ``top_n``, or all) are reordered by the cross-encoder and the best ``top_n``
+    of them returned: ``score`` is then the cross-encoder's and ``scores`` gains ``"hybrid"`` and
+    ``"cross_encoder"``.
 
     >>> from m3_rag import M3Embedder
     >>> m3 = M3Embedder.from_pretrained("tests/data/tiny-m3")
@@ -50,8 +58,9 @@ def rerank_texts(
     if not isinstance(query, str):
         raise TypeError(f"query must be a str, got {type(query).__name__}")
     w = normalize_weights(weights)
-    if top_n is not None and (isinstance(top_n, bool) or not isinstance(top_n, int) or top_n < 1):
-        raise ValueError(f"top_n must be an int >= 1 or None, got {top_n!r}")
+    for name, value in (("top_n", top_n), ("rerank_top_n", rerank_top_n)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"{name} must be an int >= 1 or None, got {value!r}")
     if len(texts) == 0:
         return []
     q = embedder.encode_queries([query], max_length=max_query_length)
@@ -66,8 +75,23 @@ def rerank_texts(
         ),
     }
     hybrid = hybrid_scores(per_mode["dense"], per_mode["sparse"], per_mode["colbert"], w)
-    order = top_k(hybrid, top_n or len(texts))
+    if rerank_with is None:
+        order = top_k(hybrid, top_n or len(texts))
+        return [
+            RankedText(int(i), float(hybrid[i]), {mode: float(values[i]) for mode, values in per_mode.items()})
+            for i in order.tolist()
+        ]
+    seen = top_k(hybrid, rerank_top_n or top_n or len(texts))
+    final = cross_encoder_scores(rerank_with, query, [texts[i] for i in seen.tolist()])
     return [
-        RankedText(int(i), float(hybrid[i]), {mode: float(values[i]) for mode, values in per_mode.items()})
-        for i in order.tolist()
+        RankedText(
+            int(i),
+            float(final[j]),
+            {
+                **{mode: float(values[i]) for mode, values in per_mode.items()},
+                "hybrid": float(hybrid[i]),
+                "cross_encoder": float(final[j]),
+            },
+        )
+        for j, i in ((j, int(seen[j])) for j in top_k(final, top_n or len(seen)).tolist())
     ]

@@ -76,6 +76,8 @@ class HybridStore(Protocol):
         first_stage: str | Sequence[str] = ("dense", "sparse"),
         weights: Sequence[float] = (1.0, 1.0, 1.0),
         filter: Mapping[str, Any] | None = None,
+        rerank_with: Any = None,
+        rerank_top_n: int | None = None,
     ) -> list[SearchHit]: ...
 
     def search_batch(
@@ -87,6 +89,8 @@ class HybridStore(Protocol):
         first_stage: str | Sequence[str] = ("dense", "sparse"),
         weights: Sequence[float] = (1.0, 1.0, 1.0),
         filter: Mapping[str, Any] | None = None,
+        rerank_with: Any = None,
+        rerank_top_n: int | None = None,
     ) -> list[list[SearchHit]]: ...
 
 

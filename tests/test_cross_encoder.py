@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from sentence_transformers import CrossEncoder, SentenceTransformer
 
-from m3_rag import M3Embedder, M3Index
+from m3_rag import M3Embedder, M3Index, rerank_texts
 from m3_rag.cross_encoder import apply_cross_encoder, load_cross_encoder, write_sentence_transformers_config
 
 DATA = Path(__file__).parent / "data"
@@ -88,3 +88,57 @@ def test_sentence_transformer_dense_equals_m3(tmp_path) -> None:
     theirs = st_model.encode(texts, convert_to_numpy=True)
     np.testing.assert_allclose(theirs, ours, atol=1e-5)
     write_sentence_transformers_config(folder)  # idempotent: existing files are kept
+
+
+def test_rerank_texts_with_a_cross_encoder(cross_encoder) -> None:
+
+    query = "capital of Germany"
+    embedder = M3Embedder.shared(DATA / "tiny-m3")
+    hybrid = rerank_texts(embedder, query, CORPUS)
+    final = rerank_texts(embedder, query, CORPUS, top_n=2, rerank_with=cross_encoder, rerank_top_n=4)
+    seen = hybrid[:4]
+    predicted = cross_encoder.predict([(query, CORPUS[r.index]) for r in seen])
+    assert [r.index for r in final] == [seen[i].index for i in np.argsort(-predicted, kind="stable")[:2]]
+    by_index = {r.index: r for r in hybrid}
+    for r in final:
+        assert r.scores["hybrid"] == pytest.approx(by_index[r.index].score)
+        assert r.score == r.scores["cross_encoder"]
+
+
+def _expected(cross_encoder, query: str, texts: list[str], n: int) -> list[str]:
+    predicted = cross_encoder.predict([(query, t) for t in texts])
+    return [texts[i] for i in np.argsort(-predicted, kind="stable")[:n]]
+
+
+def test_framework_adapters_take_the_final_stage(index, cross_encoder) -> None:
+    from langchain_core.documents import Document
+    from llama_index.core.schema import NodeWithScore, TextNode
+
+    from m3_rag.integrations.langchain import M3HybridRetriever
+    from m3_rag.integrations.langchain import M3Reranker as LangChainReranker
+    from m3_rag.integrations.llama_index import M3Reranker as LlamaReranker
+    from m3_rag.integrations.llama_index import M3Retriever
+
+    query = "capital of Germany"
+    embedder = index.embedder
+    top4 = [h.text for h in index.search(query, k=4)]
+    expected = _expected(cross_encoder, query, top4, 2)
+
+    docs = M3HybridRetriever(index=index, k=2, rerank_with=cross_encoder, rerank_top_n=4).invoke(query)
+    assert [d.page_content for d in docs] == expected
+    assert docs[0].metadata["relevance_score"] == docs[0].metadata["cross_encoder_score"]
+    assert "hybrid_score" in docs[0].metadata
+
+    nodes = M3Retriever(index, similarity_top_k=2, rerank_with=cross_encoder, rerank_top_n=4).retrieve(query)
+    assert [n.node.get_content() for n in nodes] == expected
+    assert nodes[0].score == nodes[0].node.metadata["cross_encoder_score"]
+
+    lc = LangChainReranker(embedder=embedder, top_n=2, rerank_with=cross_encoder, rerank_top_n=4)
+    reranked = lc.compress_documents([Document(page_content=t) for t in CORPUS], query)
+    hybrid_top4 = [CORPUS[r.index] for r in rerank_texts(embedder, query, CORPUS, top_n=4)]
+    assert [d.page_content for d in reranked] == _expected(cross_encoder, query, hybrid_top4, 2)
+
+    li = LlamaReranker(embedder=embedder, top_n=2, rerank_with=cross_encoder, rerank_top_n=4)
+    out = li.postprocess_nodes([NodeWithScore(node=TextNode(text=t), score=0.0) for t in CORPUS], query_str=query)
+    assert [n.node.get_content() for n in out] == _expected(cross_encoder, query, hybrid_top4, 2)
+    assert "hybrid_score" in out[0].node.metadata

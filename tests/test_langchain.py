@@ -23,10 +23,10 @@ from langchain_core.retrievers import BaseRetriever
 from langchain_core.runnables import RunnableLambda, RunnablePassthrough
 from langchain_tests.integration_tests import EmbeddingsIntegrationTests, RetrieversIntegrationTests
 from langchain_tests.unit_tests import EmbeddingsUnitTests
-from m3_rag.integrations.langchain import M3Embeddings, M3HybridRetriever, M3Reranker
 from pydantic import ValidationError
 
 from m3_rag import M3Embedder, M3Index
+from m3_rag.integrations.langchain import M3Embeddings, M3HybridRetriever, M3Reranker
 
 MODEL = {"model_name": str(TINY), "device": "cpu"}
 SCORE_KEYS = ("relevance_score", "dense_score", "sparse_score", "colbert_score")

@@ -16,11 +16,11 @@ import pytest
 from _langchain_helpers import CORPUS, TINY, count_encodes
 from langchain_core.runnables.config import run_in_executor
 from langchain_qdrant import QdrantVectorStore, RetrievalMode, SparseEmbeddings, SparseVector
-from m3_rag.integrations.langchain import M3Embeddings
-from m3_rag.integrations.langchain_qdrant import M3QdrantSparseEmbeddings
 from qdrant_client import QdrantClient, models
 
 from m3_rag import M3Embedder
+from m3_rag.integrations.langchain import M3Embeddings
+from m3_rag.integrations.langchain_qdrant import M3QdrantSparseEmbeddings
 
 UUIDS = [str(uuid.UUID(int=i + 1)) for i in range(len(CORPUS))]
 

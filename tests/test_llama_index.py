@@ -35,6 +35,8 @@ from llama_index.core.vector_stores import (
     VectorStoreQuery,
 )
 from llama_index.core.vector_stores.types import VectorStoreQueryMode
+
+from m3_rag import M3Embedder, M3Index
 from m3_rag.integrations.llama_index import (
     SCORE_KEYS,
     M3Embedding,
@@ -43,8 +45,6 @@ from m3_rag.integrations.llama_index import (
     M3SparseEmbedding,
     to_index_filter,
 )
-
-from m3_rag import M3Embedder, M3Index
 
 TEXTS = [
     "Berlin is the capital and largest city of Germany.",

@@ -35,7 +35,14 @@ INSTALL_HINT = 'pip install "m3-rag[langchain]"'
 #: Entries per model in the shared cache of :func:`encode_cached` (a Qdrant batch is 64 texts).
 CACHE_SIZE = 4096
 #: Metadata keys of the hybrid score and of the per-mode scores on returned Documents.
-SCORE_KEYS = {"score": "relevance_score", "dense": "dense_score", "sparse": "sparse_score", "colbert": "colbert_score"}
+SCORE_KEYS = {
+    "score": "relevance_score",
+    "dense": "dense_score",
+    "sparse": "sparse_score",
+    "colbert": "colbert_score",
+    "hybrid": "hybrid_score",  # with a cross-encoder final stage: the hybrid score it replaced
+    "cross_encoder": "cross_encoder_score",
+}
 
 Kind = Literal["query", "document"]
 
@@ -163,7 +170,7 @@ def score_metadata(metadata: Mapping[str, Any] | None, score: float, scores: Map
     """
     out = dict(metadata or {})
     out[SCORE_KEYS["score"]] = float(score)
-    for mode in ("dense", "sparse", "colbert"):
+    for mode in ("dense", "sparse", "colbert", "hybrid", "cross_encoder"):
         if mode in scores:
             out[SCORE_KEYS[mode]] = float(scores[mode])
     return out

@@ -55,6 +55,12 @@ class M3Reranker(BaseDocumentCompressor):
     """Tokens per document (``None``: the model's limit, 8192 for BGE-M3)."""
     query_max_length: int | None = Field(default=None, ge=2)
     """Tokens per query (``None``: the model's query default, 512)."""
+    rerank_with: Any = Field(default=None, exclude=True, repr=False)
+    """Optional final stage: a cross-encoder (``sentence_transformers.CrossEncoder`` or a model name such as
+    ``"BAAI/bge-reranker-v2-m3"``, extra ``m3-rag[rerank]``) that reorders the best ``rerank_top_n`` hybrid
+    results; the score becomes the cross-encoder's and ``hybrid_score`` keeps the hybrid one."""
+    rerank_top_n: int | None = Field(default=None, ge=1)
+    """How many hybrid results the cross-encoder sees (default: as many as are returned)."""
     embedder: M3Embedder | None = Field(default=None, exclude=True, repr=False)
     """An already loaded model to use; after construction, the model in use."""
 
@@ -87,6 +93,8 @@ class M3Reranker(BaseDocumentCompressor):
             top_n=self.top_n,
             max_query_length=self.query_max_length,
             max_passage_length=self.max_length,
+            rerank_with=self.rerank_with,
+            rerank_top_n=self.rerank_top_n,
         )
         return [
             Document(

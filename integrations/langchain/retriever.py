@@ -30,7 +30,7 @@ from ._common import resolve_embedder, score_metadata
 
 __all__ = ["M3HybridRetriever"]
 
-_PER_CALL = ("k", "filter", "weights", "candidates", "first_stage")
+_PER_CALL = ("k", "filter", "weights", "candidates", "first_stage", "rerank_with", "rerank_top_n")
 
 
 class M3HybridRetriever(BaseRetriever):
@@ -71,6 +71,12 @@ class M3HybridRetriever(BaseRetriever):
     """``"dense"``, ``"sparse"`` or both (the union of their candidates)."""
     filter: dict[str, Any] | None = None
     """Metadata equalities, e.g. ``{"lang": "en", "year": [2023, 2024]}`` (a list means any of)."""
+    rerank_with: Any = Field(default=None, exclude=True, repr=False)
+    """Optional final stage: a cross-encoder (``sentence_transformers.CrossEncoder`` or a model name such as
+    ``"BAAI/bge-reranker-v2-m3"``, extra ``m3-rag[rerank]``) that reorders the best ``rerank_top_n`` hybrid
+    results; the score becomes the cross-encoder's and ``hybrid_score`` keeps the hybrid one."""
+    rerank_top_n: int | None = Field(default=None, ge=1)
+    """How many hybrid results the cross-encoder sees (default: as many as are returned)."""
 
     @field_validator("index", mode="before")
     @classmethod

@@ -14,7 +14,13 @@ from m3_rag import DEFAULT_MODEL, M3Embedder
 __all__ = ["SCORE_KEYS", "resolve_embedder", "with_scores"]
 
 #: Metadata keys that hold the per-mode scores on returned nodes.
-SCORE_KEYS: dict[str, str] = {"dense": "dense_score", "sparse": "sparse_score", "colbert": "colbert_score"}
+SCORE_KEYS: dict[str, str] = {
+    "dense": "dense_score",
+    "sparse": "sparse_score",
+    "colbert": "colbert_score",
+    "hybrid": "hybrid_score",  # with a cross-encoder final stage: the hybrid score it replaced
+    "cross_encoder": "cross_encoder_score",
+}
 
 
 def resolve_embedder(

@@ -69,6 +69,12 @@ class M3Reranker(BaseNodePostprocessor):
     metadata_mode: MetadataMode = Field(default=MetadataMode.EMBED, description="Which node content is scored.")
     query_max_length: int | None = Field(default=None, ge=2, description="Tokens per query; None: 512.")
     passage_max_length: int | None = Field(default=None, ge=2, description="Tokens per node; None: the model's.")
+    rerank_with: Any = Field(
+        default=None,
+        exclude=True,
+        description="Optional cross-encoder final stage (a CrossEncoder or a model name, extra m3-rag[rerank]).",
+    )
+    rerank_top_n: int | None = Field(default=None, ge=1, description="Hybrid results the cross-encoder sees.")
 
     _embedder: M3Embedder = PrivateAttr()
 
@@ -131,6 +137,8 @@ class M3Reranker(BaseNodePostprocessor):
                 top_n=self.top_n,
                 max_query_length=self.query_max_length,
                 max_passage_length=self.passage_max_length,
+                rerank_with=self.rerank_with,
+                rerank_top_n=self.rerank_top_n,
             )
             reranked = []
             for r in ranked:

@@ -129,6 +129,8 @@ class M3Retriever(BaseRetriever):
         weights: Sequence[float] = (1.0, 1.0, 1.0),
         first_stage: str | Sequence[str] = ("dense", "sparse"),
         filters: MetadataFilters | Mapping[str, Any] | None = None,
+        rerank_with: Any = None,
+        rerank_top_n: int | None = None,
         callback_manager: CallbackManager | None = None,
         verbose: bool = False,
     ) -> None:
@@ -145,6 +147,8 @@ class M3Retriever(BaseRetriever):
         self.first_stage = stages
         self.filters = filters
         self._filter = to_index_filter(filters)
+        self.rerank_with = rerank_with  # optional cross-encoder final stage (see M3Index.search)
+        self.rerank_top_n = rerank_top_n
         super().__init__(callback_manager=callback_manager, verbose=verbose)
 
     @classmethod
@@ -188,6 +192,8 @@ class M3Retriever(BaseRetriever):
             first_stage=self.first_stage,
             weights=self.weights,
             filter=self._filter,
+            rerank_with=self.rerank_with,
+            rerank_top_n=self.rerank_top_n,
         )
         return [_node(hit) for hit in hits]
 
