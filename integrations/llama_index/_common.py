@@ -11,16 +11,12 @@ from llama_index.core.schema import BaseNode
 
 from m3_rag import DEFAULT_MODEL, M3Embedder
 
-__all__ = ["SCORE_KEYS", "resolve_embedder", "with_scores"]
+__all__ = ["SCORE_KEYS", "STAGE_SCORE_KEYS", "resolve_embedder", "with_scores"]
 
 #: Metadata keys that hold the per-mode scores on returned nodes.
-SCORE_KEYS: dict[str, str] = {
-    "dense": "dense_score",
-    "sparse": "sparse_score",
-    "colbert": "colbert_score",
-    "hybrid": "hybrid_score",  # with a cross-encoder final stage: the hybrid score it replaced
-    "cross_encoder": "cross_encoder_score",
-}
+SCORE_KEYS: dict[str, str] = {"dense": "dense_score", "sparse": "sparse_score", "colbert": "colbert_score"}
+#: With a cross-encoder final stage, also the hybrid score it replaced and its own score.
+STAGE_SCORE_KEYS: dict[str, str] = {**SCORE_KEYS, "hybrid": "hybrid_score", "cross_encoder": "cross_encoder_score"}
 
 
 def resolve_embedder(
@@ -67,7 +63,7 @@ def with_scores(node: BaseNode, scores: Mapping[str, float], extra: Mapping[str,
     The added keys are excluded from what the LLM and the embedding model see, so scores do not
     leak into prompts or into a later re-embedding. The input node is not changed.
     """
-    added = {SCORE_KEYS[mode]: float(value) for mode, value in scores.items()}
+    added = {STAGE_SCORE_KEYS[mode]: float(value) for mode, value in scores.items()}
     added.update(extra or {})
     copy = node.model_copy()
     copy.metadata = {**node.metadata, **added}

@@ -16,7 +16,7 @@ from llama_index.core.vector_stores.types import FilterCondition, FilterOperator
 from m3_rag import M3Embedder, M3Index
 from m3_rag.retrieval import HybridStore, SearchHit, check_search_args
 
-from ._common import SCORE_KEYS, resolve_embedder
+from ._common import STAGE_SCORE_KEYS, resolve_embedder
 
 __all__ = ["M3Retriever", "to_index_filter"]
 
@@ -80,7 +80,7 @@ def to_index_filter(filters: MetadataFilters | Mapping[str, Any] | None) -> dict
 
 
 def _node(hit: SearchHit) -> NodeWithScore:
-    scores = {SCORE_KEYS[mode]: float(value) for mode, value in hit.scores.items()}
+    scores = {STAGE_SCORE_KEYS[mode]: float(value) for mode, value in hit.scores.items()}
     node = TextNode(
         id_=hit.id,
         text=hit.text,
