@@ -18,7 +18,8 @@ from milvus_lite.server_manager import server_manager_instance
 from test_index import CORPUS, QUERIES, exhaustive
 
 from m3_rag import IndexFormatError, M3Embedder, M3Index, MilvusStore
-from m3_rag.index.milvus import milvus_filter
+from m3_rag.index.colbert_cache import ColbertCache
+from m3_rag.index.milvus_expr import milvus_filter
 from m3_rag.retrieval import HybridStore
 
 IDS = [f"d{i}" for i in range(len(CORPUS))]
@@ -228,6 +229,39 @@ def test_stale_side_store_is_re_encoded(stores, references, tmp_path) -> None:
             assert_same_hits(other.search(query, k=5), references["float32"].search(query, k=5))
     finally:
         other.close()
+
+
+def test_side_store_picks_up_other_writers_and_skips_damage(make, embedder, monkeypatch, caplog) -> None:
+    first = make()
+    second = MilvusStore(embedder, first.uri, first.collection)  # another process, the same folder
+    try:
+        second.add(CORPUS[:4], ids=IDS[:4])
+        expected = second.search("capital", k=3)
+        original = embedder.encode_documents
+
+        def no_encoding(*args, **kwargs):
+            raise AssertionError("the side store should have every candidate's ColBERT vectors")
+
+        monkeypatch.setattr(embedder, "encode_documents", no_encoding)
+        assert_same_hits(first.search("capital", k=3), expected, rtol=1e-6)  # found after a refresh
+        monkeypatch.setattr(embedder, "encode_documents", original)
+
+        folder = first._cache.folder
+        segment = next(folder.glob("seg-*"))
+        (segment / "vectors.npy").write_bytes((segment / "vectors.npy").read_bytes()[:-64])
+        third = MilvusStore(embedder, first.uri, first.collection)
+        try:
+            assert "skipping damaged ColBERT segment" in caplog.text
+            assert_same_hits(third.search("capital", k=3), expected, rtol=1e-3)  # re-encoded: float32, not 16
+        finally:
+            third.close()
+    finally:
+        second.close()
+    other = M3Embedder.from_pretrained(DATA / "tiny-m3-bin", device="cpu")
+    with pytest.raises(IndexFormatError, match="another model or dtype"):
+        ColbertCache(folder, fingerprint=other.fingerprint, dim=embedder.colbert_dim, dtype="float16")
+    with pytest.raises(IndexFormatError, match="another model or dtype"):
+        ColbertCache(folder, fingerprint=embedder.fingerprint, dim=embedder.colbert_dim, dtype="float32")
 
 
 def test_hnsw_index_parameters(make, references) -> None:

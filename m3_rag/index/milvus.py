@@ -15,17 +15,25 @@ embedding-list fields), so there are two homes, picked by ``colbert``:
   missing or stale entry is re-encoded rather than trusted;
 - none (``colbert=None``): the candidates are re-encoded at query time.
 
-Measured (``benchmarks/milvus_colbert.py``, 100 candidates of ~175 tokens = 17.5k tokens, 2
-shared CPU cores): re-encoding takes ~1 s per query with the tiny test checkpoint and
-~0.8k tokens/s with a 384x6 model, i.e. ~10-20 s on CPU for the real BGE-M3 (29x the FLOPs) and
-~0.05-0.15 s on one H100 (150-400k tokens/s); the side store takes ~2 ms (tiny) and ~40 ms at
-BGE-M3's size (1024-d float16: 35 MB read per query, 2 KiB per token on disk, ~350 GB for 1M
-passages). Decision: ``colbert="auto"`` (the default) uses the side store with milvus-lite (one
-machine by definition) and re-encodes with a server, where several machines search one
-collection and a local folder would be one machine's copy; pass ``colbert_dir`` to give a
-server-backed store a side store too (a GPU makes re-encoding cheap; a CPU does not).
+Measured with ``benchmarks/milvus_colbert.py`` (2 shared CPU cores, ``OMP_WAIT_POLICY=PASSIVE``),
+100 candidates of ~175 tokens (17.5k tokens) per query:
 
-Example:
+- side store: 2.5 ms for the ColBERT step with the tiny checkpoint (36 ms per whole search);
+  ~160 ms at BGE-M3's size (1024-d float16: 36 MB read per query; 2 KiB per token on disk,
+  ~350 GB per million passages);
+- re-encoding: 306 ms with the tiny checkpoint (245 ms per search); for BGE-M3 (11 TFLOP per
+  query) ~0.03-0.12 s on one H100 (150-600k tokens/s), but minutes on such a CPU (a 384x6
+  model ran at 1.9k tokens/s; BGE-M3 needs 29x its FLOPs per token).
+
+Decision: ``colbert="auto"`` (the default) keeps a float16 side store with milvus-lite (one
+machine by definition) and re-encodes with a Milvus server, where several machines search one
+collection and a local folder would hold only what this machine added (a miss is re-encoded,
+so a side store is never wrong, only sometimes slow). Give a server-backed store a side store
+with ``colbert_dir`` (e.g. a shared folder) when queries run on CPU; with a GPU, re-encoding
+100 candidates costs about as much as reading their vectors.
+
+Example (needs ``pip install "m3-rag[milvus]"``; skipped without it):
+    >>> import pytest; _ = pytest.importorskip("milvus_lite")
     >>> import tempfile
     >>> from m3_rag import M3Embedder
     >>> from m3_rag.index import MilvusStore
@@ -41,7 +49,6 @@ Example:
 
 from __future__ import annotations
 
-import math
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -58,9 +65,10 @@ from ..scoring import sparse_to_csr
 from .colbert_cache import ColbertCache, ColbertDtype, text_keys
 from .filters import MetadataFilter, MetadataIndex, check_filter, filter_mask
 from .memory import Record, _check_ids, _check_metadatas
+from .milvus_expr import ids_expression, milvus_filter
 from .packed import gather_packed
 
-__all__ = ["MilvusStore", "milvus_filter", "milvus_literal"]
+__all__ = ["MilvusStore"]
 
 _INSTALL = 'pip install "m3-rag[milvus]"'
 _MAX_TOPK = 16384  # Milvus's largest search limit
@@ -77,51 +85,6 @@ def _pymilvus() -> Any:
     except ImportError as exc:
         raise ImportError(f"MilvusStore needs pymilvus (and milvus-lite for local files): {_INSTALL}") from exc
     return pymilvus
-
-
-def milvus_literal(value: str | float | bool) -> str:
-    """A value as a Milvus expression literal; strings are quoted and escaped.
-
-    >>> print(milvus_literal('x" or id != "'), milvus_literal(True), milvus_literal(2.5))
-    "x\\" or id != \\"" true 2.5
-    """
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(int(value))
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise ValueError(f"{value!r} has no Milvus literal")
-        return repr(value)
-    if isinstance(value, str):
-        escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\r", "\\r")
-        return f'"{escaped}"'
-    raise TypeError(f"expected a str, number or bool, got {type(value).__name__}")
-
-
-def milvus_filter(filter: MetadataFilter | None) -> str | None:
-    """A metadata filter as a Milvus boolean expression on the ``metadata`` JSON field.
-
-    Keys are checked against :data:`~m3_rag.index.filters.KEY_PATTERN`, values are escaped
-    literals (milvus-lite 3.2 ignores ``filter_params`` templates). ``""``: no filter; ``None``:
-    nothing can match (an empty any-of list, or only NaN/inf values).
-
-    >>> milvus_filter({"lang": "en", "year": [2023, 2024]})
-    '(metadata["lang"] == "en") and (metadata["year"] == 2023 or metadata["year"] == 2024)'
-    """
-    conditions = check_filter(filter)
-    parts = []
-    for key, values in (conditions or {}).items():
-        field = f'metadata["{key}"]'
-        terms = [
-            f"{field} is null" if v is None else f"{field} == {milvus_literal(v)}"
-            for v in values
-            if not (isinstance(v, float) and not math.isfinite(v))
-        ]
-        if not terms:
-            return None
-        parts.append("(" + " or ".join(terms) + ")")
-    return " and ".join(parts)
 
 
 class MilvusStore:
@@ -145,6 +108,9 @@ class MilvusStore:
         max_text_bytes: the ``text`` field's VARCHAR size (UTF-8 bytes) for a new collection.
         consistency_level: of every request (``"Strong"``: reads see all writes).
         **client_kwargs: passed to ``pymilvus.MilvusClient`` (e.g. ``db_name``).
+
+    Thread-safe: the pymilvus client is, and the side store takes a lock. Several processes
+    (or machines) may share a collection; each keeps or shares its own side store.
     """
 
     def __init__(
@@ -191,12 +157,16 @@ class MilvusStore:
             )
         self.colbert_storage: ColbertDtype | None = colbert
         self.client = self._connect(token, client_kwargs)
-        self._open_collection(dense_index, sparse_index)
         self._cache: ColbertCache | None = None
-        if colbert is not None:
-            folder = Path(colbert_dir) if colbert_dir is not None else Path(f"{self.uri}.colbert") / collection
-            dim = embedder.colbert_dim or 0
-            self._cache = ColbertCache(folder, fingerprint=embedder.fingerprint, dim=dim, dtype=colbert)
+        try:
+            self._open_collection(dense_index, sparse_index)
+            if colbert is not None:
+                folder = Path(colbert_dir) if colbert_dir is not None else Path(f"{self.uri}.colbert") / collection
+                dim = embedder.colbert_dim or 0
+                self._cache = ColbertCache(folder, fingerprint=embedder.fingerprint, dim=dim, dtype=colbert)
+        except BaseException:
+            self.client.close()
+            raise
 
     # ------------------------------------------------------------------ connection and schema
     def _connect(self, token: str | None, client_kwargs: dict[str, Any]) -> Any:
@@ -286,7 +256,7 @@ class MilvusStore:
         out: list[dict[str, Any]] = []
         unique = list(dict.fromkeys(ids))
         for start in range(0, len(unique), _FETCH):
-            expr = "id in [" + ", ".join(milvus_literal(i) for i in unique[start : start + _FETCH]) + "]"
+            expr = ids_expression(unique[start : start + _FETCH])
             out.extend(self.client.query(self.collection, filter=expr, output_fields=fields, **self._rpc()))
         return out
 
@@ -358,8 +328,8 @@ class MilvusStore:
         wanted = [ids] if isinstance(ids, str) else list(ids)
         found = [r["id"] for r in self._fetch(wanted, ["id"])]
         for start in range(0, len(found), _FETCH):
-            expr = "id in [" + ", ".join(milvus_literal(i) for i in found[start : start + _FETCH]) + "]"
-            self.client.delete(self.collection, filter=expr, timeout=self.timeout)
+            chunk = ids_expression(found[start : start + _FETCH])
+            self.client.delete(self.collection, filter=chunk, timeout=self.timeout)
         return len(found)
 
     # ------------------------------------------------------------------ searching
