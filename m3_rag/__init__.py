@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from .encoder import DEFAULT_MODEL, M3Embedder
 from .errors import CheckpointError, IndexFormatError, MissingHeadError
-from .index import M3Index, Record
+from .index import M3Index, MilvusStore, Record
 from .output import EncodedBatch, M3Output
 from .rerank import RankedText, rerank_texts
 from .retrieval import SearchHit
@@ -23,6 +23,7 @@ __all__ = [
     "M3Embedder",
     "M3Index",
     "M3Output",
+    "MilvusStore",
     "MissingHeadError",
     "RankedText",
     "Record",

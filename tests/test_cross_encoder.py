@@ -142,3 +142,17 @@ def test_framework_adapters_take_the_final_stage(index, cross_encoder) -> None:
     out = li.postprocess_nodes([NodeWithScore(node=TextNode(text=t), score=0.0) for t in CORPUS], query_str=query)
     assert [n.node.get_content() for n in out] == _expected(cross_encoder, query, hybrid_top4, 2)
     assert "hybrid_score" in out[0].node.metadata
+
+
+def test_milvus_store_takes_the_final_stage(index, cross_encoder, tmp_path) -> None:
+    pytest.importorskip("pymilvus")
+    from m3_rag import MilvusStore
+
+    store = MilvusStore(index.embedder, str(tmp_path / "m3.db"), collection="ce")
+    store.add(CORPUS, ids=[f"d{i}" for i in range(len(CORPUS))])
+    query = "capital of Germany"
+    expected = index.search(query, k=2, rerank_with=cross_encoder, rerank_top_n=4)
+    got = store.search(query, k=2, rerank_with=cross_encoder, rerank_top_n=4)
+    assert [h.id for h in got] == [h.id for h in expected]
+    assert [h.score for h in got] == pytest.approx([h.score for h in expected], rel=1e-5)
+    store.close()

@@ -14,7 +14,7 @@ from typing import Any, Literal
 import numpy as np
 import scipy.sparse as sp
 
-from ..cross_encoder import CrossEncoderLike, apply_cross_encoder
+from ..cross_encoder import CrossEncoderLike, search_with_final_stage
 from ..encoder import M3Embedder, _check_texts
 from ..errors import IndexFormatError
 from ..retrieval import SearchHit, check_search_args, make_hits, rerank, top_k
@@ -290,13 +290,17 @@ class M3Index:
         if not items:
             return []
         if rerank_with is not None:
-            top_n = k if rerank_top_n is None else rerank_top_n
-            if isinstance(top_n, bool) or not isinstance(top_n, int) or top_n < 1:
-                raise ValueError(f"rerank_top_n must be an int >= 1 or None, got {rerank_top_n!r}")
-            staged = self.search_batch(
-                items, k=max(k, top_n), candidates=candidates, first_stage=stages, weights=w, filter=filter
+            return search_with_final_stage(
+                self.search_batch,
+                items,
+                k=k,
+                rerank_with=rerank_with,
+                rerank_top_n=rerank_top_n,
+                candidates=candidates,
+                first_stage=stages,
+                weights=w,
+                filter=filter,
             )
-            return [apply_cross_encoder(rerank_with, q, hits[:top_n], k=k) for q, hits in zip(items, staged)]
         q = self.embedder.encode_queries(items, dense=True, sparse=True, colbert=True)
         assert q.dense is not None and q.sparse is not None and q.colbert is not None
         with self._lock:

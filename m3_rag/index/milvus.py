@@ -1,0 +1,510 @@
+"""``MilvusStore``: the hybrid index on Milvus (milvus-lite in-process, or a server / cluster).
+
+The same search as :class:`~m3_rag.M3Index`, with the first stage in Milvus: one dense search
+(FLOAT_VECTOR, inner product) and one sparse search (SPARSE_FLOAT_VECTOR,
+SPARSE_INVERTED_INDEX, inner product) per query batch, union of their candidates, then the
+exact hybrid rerank of :mod:`m3_rag.retrieval`: dense and lexical scores are recomputed from the
+stored vectors and ColBERT from the candidates' multi-vectors, so scores equal ``M3Index``'s
+(with an exact first stage -- FLAT, the default on milvus-lite -- the hits are the same too).
+
+Where the ColBERT vectors live. Milvus cannot hold them here (milvus-lite 3.2 refuses struct /
+embedding-list fields), so there are two homes, picked by ``colbert``:
+
+- a local side store (:class:`~m3_rag.index.colbert_cache.ColbertCache`, float16 by default):
+  packed ``.npy`` segments next to the milvus-lite file, keyed by a hash of the text, so a
+  missing or stale entry is re-encoded rather than trusted;
+- none (``colbert=None``): the candidates are re-encoded at query time.
+
+Measured with ``benchmarks/milvus_colbert.py`` (2 shared CPU cores, ``OMP_WAIT_POLICY=PASSIVE``),
+100 candidates of ~175 tokens (17.5k tokens) per query:
+
+- side store: 2.5 ms for the ColBERT step with the tiny checkpoint (36 ms per whole search);
+  ~160 ms at BGE-M3's size (1024-d float16: 36 MB read per query; 2 KiB per token on disk,
+  ~350 GB per million passages);
+- re-encoding: 306 ms with the tiny checkpoint (245 ms per search); for BGE-M3 (11 TFLOP per
+  query) ~0.03-0.12 s on one H100 (150-600k tokens/s), but minutes on such a CPU (a 384x6
+  model ran at 1.9k tokens/s; BGE-M3 needs 29x its FLOPs per token).
+
+Decision: ``colbert="auto"`` (the default) keeps a float16 side store with milvus-lite (one
+machine by definition) and re-encodes with a Milvus server, where several machines search one
+collection and a local folder would hold only what this machine added (a miss is re-encoded,
+so a side store is never wrong, only sometimes slow). Give a server-backed store a side store
+with ``colbert_dir`` (e.g. a shared folder) when queries run on CPU; with a GPU, re-encoding
+100 candidates costs about as much as reading their vectors.
+
+Example (needs ``pip install "m3-rag[milvus]"``; skipped without it):
+    >>> import pytest; _ = pytest.importorskip("milvus_lite")
+    >>> import tempfile
+    >>> from m3_rag import M3Embedder
+    >>> from m3_rag.index import MilvusStore
+    >>> store = MilvusStore(M3Embedder.from_pretrained("tests/data/tiny-m3"), f"{tempfile.mkdtemp()}/m3.db")
+    >>> store.add(["Berlin is the capital of Germany.", "Paris is in France."], ids=["de", "fr"])
+    ['de', 'fr']
+    >>> [hit.id for hit in store.search("capital of Germany", k=1, filter={"missing": 1})]
+    []
+    >>> len(store), sorted(store.search("capital of Germany", k=1)[0].scores)
+    (2, ['colbert', 'dense', 'sparse'])
+    >>> store.close()
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from ..cross_encoder import CrossEncoderLike, search_with_final_stage
+from ..encoder import M3Embedder, _check_texts
+from ..errors import IndexFormatError
+from ..retrieval import SearchHit, check_search_args, make_hits, rerank
+from ..scoring import sparse_to_csr
+from .colbert_cache import ColbertCache, ColbertDtype, text_keys
+from .filters import MetadataFilter, MetadataIndex, check_filter, filter_mask
+from .memory import Record, _check_ids, _check_metadatas
+from .milvus_expr import ids_expression, milvus_filter
+from .packed import gather_packed
+
+__all__ = ["MilvusStore"]
+
+_INSTALL = 'pip install "m3-rag[milvus]"'
+_MAX_TOPK = 16384  # Milvus's largest search limit
+_FETCH = 1000  # ids per query expression
+_FIELDS = {
+    "id": "VARCHAR",
+    "text": "VARCHAR",
+    "metadata": "JSON",
+    "dense": "FLOAT_VECTOR",
+    "sparse": "SPARSE_FLOAT_VECTOR",
+}
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,254}$")
+_SERVER = re.compile(r"^(https?|tcp|unix):", re.IGNORECASE)
+
+
+def _pymilvus() -> Any:
+    try:
+        import pymilvus
+    except ImportError as exc:
+        raise ImportError(f"MilvusStore needs pymilvus (and milvus-lite for local files): {_INSTALL}") from exc
+    return pymilvus
+
+
+class MilvusStore:
+    """BGE-M3 hybrid retrieval on Milvus, with the methods and results of :class:`~m3_rag.M3Index`.
+
+    Args:
+        embedder: the model (the collection records its name and fingerprint).
+        uri: a local ``.db`` path (milvus-lite, in-process) or ``http(s)://host:19530``.
+        collection: the collection name (created when missing; checked when it exists).
+        token: ``"user:password"`` or an API key for a server.
+        colbert: ``"auto"``, ``"float16"``/``"float32"`` (a local side store) or ``None``
+            (re-encode candidates); see the module docs.
+        colbert_dir: the side store folder (default for milvus-lite: ``<uri>.colbert/<collection>``).
+        dense_index: ``{"index_type": ..., "params": {...}}`` for the dense field (metric IP);
+            default FLAT (exact) for milvus-lite, HNSW (M 16, efConstruction 200) for a server.
+        sparse_index: the same for the sparse field (default SPARSE_INVERTED_INDEX).
+        dense_search_params: search params of the dense field, e.g. ``{"ef": 256}`` or
+            ``{"nprobe": 32}``; HNSW gets ``ef = max(candidates, 64)`` when not given.
+        timeout: seconds for connecting and for each request.
+        insert_batch_size: rows per upsert request.
+        max_text_bytes: the ``text`` field's VARCHAR size (UTF-8 bytes) for a new collection.
+        consistency_level: of every request (``"Strong"``: reads see all writes).
+        **client_kwargs: passed to ``pymilvus.MilvusClient`` (e.g. ``db_name``).
+
+    Thread-safe: the pymilvus client is, and the side store takes a lock. Several processes
+    (or machines) may share a collection; each keeps or shares its own side store.
+    """
+
+    def __init__(
+        self,
+        embedder: M3Embedder,
+        uri: str | os.PathLike[str] = "./m3.db",
+        collection: str = "m3",
+        token: str | None = None,
+        *,
+        colbert: ColbertDtype | Literal["auto"] | None = "auto",
+        colbert_dir: str | os.PathLike[str] | None = None,
+        dense_index: Mapping[str, Any] | None = None,
+        sparse_index: Mapping[str, Any] | None = None,
+        dense_search_params: Mapping[str, Any] | None = None,
+        timeout: float | None = 30.0,
+        insert_batch_size: int = 256,
+        max_text_bytes: int = 65535,
+        consistency_level: str = "Strong",
+        **client_kwargs: Any,
+    ) -> None:
+        if not (embedder.has_sparse and embedder.has_colbert):
+            embedder.model.check_modes(sparse=True, colbert=True, source=embedder.name)
+        if not isinstance(collection, str) or not _NAME.match(collection):
+            raise ValueError(f"collection must match {_NAME.pattern} (letters, digits, _), got {collection!r}")
+        if colbert not in ("auto", "float16", "float32", None):
+            raise ValueError(f"colbert must be 'auto', 'float16', 'float32' or None, got {colbert!r}")
+        if isinstance(insert_batch_size, bool) or not isinstance(insert_batch_size, int) or insert_batch_size < 1:
+            raise ValueError(f"insert_batch_size must be an int >= 1, got {insert_batch_size!r}")
+        self.embedder = embedder
+        self.uri = os.fspath(uri)
+        self.collection = collection
+        self.local = not _SERVER.match(self.uri)
+        self.timeout = timeout
+        self.insert_batch_size = insert_batch_size
+        self.max_text_bytes = max_text_bytes
+        self._consistency = consistency_level
+        self._dense_search_params = dict(dense_search_params or {})
+        if colbert == "auto":
+            colbert = "float16" if self.local or colbert_dir is not None else None
+        if colbert is not None and colbert_dir is None and not self.local:
+            raise ValueError(
+                f"colbert={colbert!r} with a Milvus server needs colbert_dir=<a folder on this machine> for the "
+                "side store; or pass colbert=None to re-encode the candidates at query time"
+            )
+        self.colbert_storage: ColbertDtype | None = colbert
+        self.client = self._connect(token, client_kwargs)
+        self._cache: ColbertCache | None = None
+        try:
+            self._open_collection(dense_index, sparse_index)
+            if colbert is not None:
+                folder = Path(colbert_dir) if colbert_dir is not None else Path(f"{self.uri}.colbert") / collection
+                dim = embedder.colbert_dim or 0
+                self._cache = ColbertCache(folder, fingerprint=embedder.fingerprint, dim=dim, dtype=colbert)
+        except BaseException:
+            self.client.close()
+            raise
+
+    # ------------------------------------------------------------------ connection and schema
+    def _connect(self, token: str | None, client_kwargs: dict[str, Any]) -> Any:
+        pm = _pymilvus()
+        if self.local:
+            if not self.uri.endswith(".db"):
+                raise ValueError(f"a local milvus-lite uri must end with '.db', got {self.uri!r}")
+            Path(self.uri).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            return pm.MilvusClient(uri=self.uri, token=token or "", timeout=self.timeout, **client_kwargs)
+        except pm.MilvusException as exc:
+            if self.local and "milvus-lite" in str(exc):
+                raise ImportError(f"a local .db uri needs milvus-lite: {_INSTALL}") from exc
+            raise ConnectionError(
+                f"could not connect to Milvus at {self.uri!r} (timeout {self.timeout} s): {exc}. Check that the "
+                "server runs and the uri/token are right, or use a local file such as './m3.db' (milvus-lite)"
+            ) from exc
+
+    def _rpc(self) -> dict[str, Any]:
+        return {"timeout": self.timeout, "consistency_level": self._consistency}
+
+    def _open_collection(self, dense_index: Mapping[str, Any] | None, sparse_index: Mapping[str, Any] | None) -> None:
+        pm, name, emb = _pymilvus(), self.collection, self.embedder
+        if not self.client.has_collection(name, timeout=self.timeout):
+            schema = self.client.create_schema(auto_id=False, enable_dynamic_field=False)
+            schema.add_field("id", pm.DataType.VARCHAR, is_primary=True, max_length=512)
+            schema.add_field("text", pm.DataType.VARCHAR, max_length=self.max_text_bytes)
+            schema.add_field("metadata", pm.DataType.JSON)
+            schema.add_field("dense", pm.DataType.FLOAT_VECTOR, dim=emb.dim)
+            schema.add_field("sparse", pm.DataType.SPARSE_FLOAT_VECTOR)
+            hnsw: dict[str, Any] = {"index_type": "HNSW", "params": {"M": 16, "efConstruction": 200}}
+            specs = {
+                "dense": dense_index or ({"index_type": "FLAT"} if self.local else hnsw),
+                "sparse": sparse_index or {"index_type": "SPARSE_INVERTED_INDEX"},
+            }
+            indexes = self.client.prepare_index_params()
+            for field, spec in specs.items():
+                params = dict(spec.get("params") or {})
+                indexes.add_index(field, index_type=spec["index_type"], metric_type="IP", params=params)
+            properties = {"m3_rag.model": emb.name, "m3_rag.fingerprint": emb.fingerprint, "m3_rag.dim": str(emb.dim)}
+            self.client.create_collection(
+                name, schema=schema, timeout=self.timeout, consistency_level=self._consistency, properties=properties
+            )
+            # an empty collection's index is ready at once: skip pymilvus's 0.5 s polling per index
+            self.client.create_index(name, indexes, timeout=self.timeout, sync=False)
+        info = self.client.describe_collection(name, timeout=self.timeout)
+        fields = {f["name"]: f for f in info["fields"]}
+        found = {n: getattr(f["type"], "name", str(f["type"])) for n, f in fields.items()}
+        if any(found.get(n) != t for n, t in _FIELDS.items()) or not fields["id"].get("is_primary"):
+            raise IndexFormatError(
+                f"collection {name!r} at {self.uri} has fields {found}, not m3-rag's {_FIELDS} (id the primary "
+                "key); pass another collection name"
+            )
+        dim, props = int(fields["dense"]["params"]["dim"]), info.get("properties") or {}
+        if dim != emb.dim or props.get("m3_rag.fingerprint", emb.fingerprint) != emb.fingerprint:
+            raise IndexFormatError(
+                f"collection {name!r} at {self.uri} was made with model {props.get('m3_rag.model', '?')!r} (dense "
+                f"dim {dim}), but the embedder is {emb.name!r} (dim {emb.dim}) with other weights; open it with "
+                "the same model, or use another collection and re-index"
+            )
+        self.client.load_collection(name, timeout=self.timeout)
+        index_names = self.client.list_indexes(name, field_name="dense")
+        described = self.client.describe_index(name, index_names[0]) if index_names else {}
+        self.dense_index_type = str(described.get("index_type", "FLAT")).upper()
+
+    # ------------------------------------------------------------------ basics
+    def __len__(self) -> int:
+        rows = self.client.query(self.collection, filter="", output_fields=["count(*)"], **self._rpc())
+        return int(rows[0]["count(*)"])
+
+    def __contains__(self, doc_id: object) -> bool:
+        return isinstance(doc_id, str) and bool(self._fetch([doc_id], ["id"]))
+
+    def __repr__(self) -> str:
+        return (
+            f"MilvusStore({self.uri!r}, collection={self.collection!r}, model={self.embedder.name!r}, "
+            f"colbert={self.colbert_storage!r})"
+        )
+
+    def __enter__(self) -> MilvusStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release the connection (the data stays in Milvus)."""
+        self.client.close()
+
+    def _fetch(self, ids: Sequence[str], fields: list[str]) -> list[dict[str, Any]]:
+        """Rows by id, in chunks; the ids are escaped (pymilvus's own ``get(ids=)`` does not escape them)."""
+        out: list[dict[str, Any]] = []
+        unique = list(dict.fromkeys(ids))
+        for start in range(0, len(unique), _FETCH):
+            expr = ids_expression(unique[start : start + _FETCH])
+            out.extend(self.client.query(self.collection, filter=expr, output_fields=fields, **self._rpc()))
+        return out
+
+    def get(self, ids: str | Sequence[str]) -> list[Record]:
+        """The stored documents with these ids, in the order asked; unknown ids are skipped."""
+        wanted = [ids] if isinstance(ids, str) else list(ids)
+        rows = {r["id"]: r for r in self._fetch(wanted, ["id", "text", "metadata"])}
+        return [Record(i, rows[i]["text"], dict(rows[i]["metadata"] or {})) for i in wanted if i in rows]
+
+    # ------------------------------------------------------------------ writing
+    def add(
+        self,
+        texts: str | Sequence[str],
+        *,
+        ids: Sequence[str] | None = None,
+        metadatas: Sequence[Mapping[str, Any] | None] | None = None,
+        batch_size: int | None = None,
+        show_progress: bool | None = None,
+    ) -> list[str]:
+        """Encode and upsert texts in batches (an id already stored is replaced), then flush.
+
+        Unlike ``M3Index.add`` this is not all-or-nothing: if it fails midway, the batches
+        before stay stored; upserting is idempotent, so run it again. ``batch_size`` caps texts
+        per forward pass; a progress bar shows from 1,000 texts on (``show_progress=None``).
+        """
+        items = _check_texts(texts)
+        doc_ids, metas = _check_ids(ids, len(items)), _check_metadatas(metadatas, len(items))
+        for i, (doc_id, text) in enumerate(zip(doc_ids, items)):
+            if len(doc_id.encode("utf-8")) > 512 or len(text.encode("utf-8")) > self.max_text_bytes:
+                raise ValueError(
+                    f"document {i} is too long for Milvus: ids take up to 512 bytes, texts up to "
+                    f"max_text_bytes={self.max_text_bytes} (UTF-8); split the text into passages"
+                )
+        if not items:
+            return []
+        show = len(items) >= 1000 if show_progress is None else show_progress
+        rows: list[dict[str, Any]] = []
+        colbert: list[np.ndarray] = []
+        empty = {self.embedder.vocab_size: 1.0}  # Milvus refuses empty sparse rows; no query has this id
+        with tqdm(total=len(items), desc="Indexing into Milvus", unit="text", disable=not show) as bar:
+            for batch in self.embedder.iter_encode(
+                items,
+                dense=True,
+                sparse=True,
+                colbert=self._cache is not None,
+                max_length=self.embedder.passage_max_length,
+                batch_size=batch_size,
+                show_progress=False,
+            ):
+                assert batch.dense is not None
+                for j, (i, sparse) in enumerate(zip(batch.indices.tolist(), batch.sparse_dicts())):
+                    rows.append(
+                        {
+                            "id": doc_ids[i],
+                            "text": items[i],
+                            "metadata": metas[i],
+                            "dense": batch.dense[j],
+                            "sparse": sparse or empty,
+                        }
+                    )
+                if self._cache is not None:
+                    colbert.extend(batch.colbert_list())
+                while len(rows) >= self.insert_batch_size:
+                    bar.update(self._write(rows[: self.insert_batch_size], colbert[: self.insert_batch_size]))
+                    del rows[: self.insert_batch_size], colbert[: self.insert_batch_size]
+            if rows:
+                bar.update(self._write(rows, colbert))
+        self.client.flush(self.collection, timeout=self.timeout)
+        return doc_ids
+
+    def _write(self, rows: list[dict[str, Any]], colbert: list[np.ndarray]) -> int:
+        if self._cache is not None:  # side store first: a row in Milvus then has its vectors
+            keys = text_keys([r["text"] for r in rows], max_length=self.embedder.passage_max_length)
+            offsets = np.concatenate([[0], np.cumsum([len(m) for m in colbert])])
+            self._cache.put(keys, np.concatenate(colbert), offsets)
+        self.client.upsert(self.collection, rows, timeout=self.timeout)
+        return len(rows)
+
+    def delete(self, ids: str | Sequence[str]) -> int:
+        """Remove documents by id; returns how many were stored (unknown ids are ignored)."""
+        wanted = [ids] if isinstance(ids, str) else list(ids)
+        found = [r["id"] for r in self._fetch(wanted, ["id"])]
+        for start in range(0, len(found), _FETCH):
+            chunk = ids_expression(found[start : start + _FETCH])
+            self.client.delete(self.collection, filter=chunk, timeout=self.timeout)
+        return len(found)
+
+    # ------------------------------------------------------------------ searching
+    def search(
+        self,
+        query: str,
+        *,
+        k: int = 10,
+        candidates: int = 100,
+        first_stage: str | Sequence[str] = ("dense", "sparse"),
+        weights: Sequence[float] = (1.0, 1.0, 1.0),
+        filter: MetadataFilter | None = None,
+        rerank_with: str | CrossEncoderLike | None = None,
+        rerank_top_n: int | None = None,
+    ) -> list[SearchHit]:
+        """The ``k`` best documents for ``query`` by hybrid score (see :meth:`search_batch`)."""
+        if not isinstance(query, str):
+            raise TypeError(f"query must be a str, got {type(query).__name__}")
+        return self.search_batch(
+            [query],
+            k=k,
+            candidates=candidates,
+            first_stage=first_stage,
+            weights=weights,
+            filter=filter,
+            rerank_with=rerank_with,
+            rerank_top_n=rerank_top_n,
+        )[0]
+
+    def search_batch(
+        self,
+        queries: Sequence[str],
+        *,
+        k: int = 10,
+        candidates: int = 100,
+        first_stage: str | Sequence[str] = ("dense", "sparse"),
+        weights: Sequence[float] = (1.0, 1.0, 1.0),
+        filter: MetadataFilter | None = None,
+        rerank_with: str | CrossEncoderLike | None = None,
+        rerank_top_n: int | None = None,
+    ) -> list[list[SearchHit]]:
+        """Search several queries (encoded in one pass; one Milvus search per first-stage mode).
+
+        Arguments as :meth:`M3Index.search_batch <m3_rag.M3Index.search_batch>`; ``candidates``
+        is capped at Milvus's limit of 16384.
+        """
+        items = _check_texts(queries)
+        stages, w = check_search_args(k, candidates, first_stage, weights)
+        if rerank_with is not None:  # optional cross-encoder final stage, as in M3Index
+            return search_with_final_stage(
+                self.search_batch,
+                items,
+                k=k,
+                rerank_with=rerank_with,
+                rerank_top_n=rerank_top_n,
+                candidates=candidates,
+                first_stage=stages,
+                weights=w,
+                filter=filter,
+            )
+        conditions = check_filter(filter)
+        expr = milvus_filter(conditions)
+        if expr is None or not items:
+            return [[] for _ in items]
+        q = self.embedder.encode_queries(items, dense=True, sparse=True, colbert=True)
+        assert q.dense is not None and q.sparse is not None and q.colbert is not None
+        limit = min(int(candidates), _MAX_TOPK)
+        by_dense = self._first_stage("dense", list(q.dense), limit, expr) if "dense" in stages else None
+        by_sparse = self._first_stage("sparse", q.sparse, limit, expr) if "sparse" in stages else None
+        found = set().union(*(by_dense or []), *(by_sparse or []))
+        rows = sorted(self._fetch(sorted(found), ["id", "text", "metadata", "dense", "sparse"]), key=lambda r: r["id"])
+        metas = [dict(r["metadata"] or {}) for r in rows]
+        mask = filter_mask(conditions, metas, MetadataIndex())  # exact semantics (Milvus says true == 1)
+        if mask is not None:
+            rows, metas = [r for r, ok in zip(rows, mask) if ok], [m for m, ok in zip(metas, mask) if ok]
+        if not rows:
+            return [[] for _ in items]
+        position = {r["id"]: p for p, r in enumerate(rows)}
+        vocab = self.embedder.vocab_size
+        dense_all = np.asarray([r["dense"] for r in rows], dtype=np.float32) @ q.dense.T  # (c, m)
+        stored = sparse_to_csr([{t: v for t, v in r["sparse"].items() if t < vocab} for r in rows], vocab)
+        sparse_all = np.asarray((sparse_to_csr(q.sparse, vocab) @ stored.T).todense(), dtype=np.float32)  # (m, c)
+        texts = [r["text"] for r in rows]
+        vectors, offsets = self._candidate_colbert(texts)
+        lengths = np.diff(offsets)
+        results: list[list[SearchHit]] = []
+        for j in range(len(items)):
+            picked = [position[i] for i in (by_dense[j] if by_dense else []) if i in position]
+            lexical = [position[i] for i in (by_sparse[j] if by_sparse else []) if i in position]
+            picked += [p for p in lexical if sparse_all[j, p] > 0]
+            pos = np.unique(np.asarray(picked, dtype=np.int64))
+            if len(pos) == 0:
+                results.append([])
+                continue
+            mine = gather_packed(vectors, offsets[:-1][pos], lengths[pos])
+            order, hybrid, per_mode = rerank(
+                dense_all[pos, j],
+                sparse_all[j, pos],
+                q.colbert[j],
+                mine,
+                np.concatenate([[0], np.cumsum(lengths[pos])]),
+                weights=w,
+                k=k,
+            )
+            ids = [rows[p]["id"] for p in pos.tolist()]
+            results.append(
+                make_hits(
+                    order, hybrid, per_mode, ids, [texts[p] for p in pos.tolist()], [metas[p] for p in pos.tolist()]
+                )
+            )
+        return results
+
+    def _first_stage(self, field: str, data: Sequence[Any], limit: int, expr: str) -> list[list[str]]:
+        """Candidate ids per query from one Milvus search of ``field`` (empty sparse queries: none)."""
+        asked = [j for j, x in enumerate(data) if field == "dense" or len(x) > 0]
+        out: list[list[str]] = [[] for _ in data]
+        if not asked:
+            return out
+        params: dict[str, Any] = {}
+        if field == "dense":
+            if self.dense_index_type.startswith("HNSW"):
+                params["ef"] = max(limit, 64)
+            params.update(self._dense_search_params)
+        hits = self.client.search(
+            self.collection,
+            data=[data[j] for j in asked],
+            anns_field=field,
+            limit=limit,
+            filter=expr,
+            output_fields=["id"],
+            search_params={"metric_type": "IP", "params": params},
+            **self._rpc(),
+        )
+        for j, found in zip(asked, hits):
+            out[j] = [h["id"] for h in found]
+        return out
+
+    def _candidate_colbert(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Packed float32 ColBERT vectors of ``texts`` and their offsets: side store, else re-encoded."""
+        dim = self.embedder.colbert_dim or 0
+        mats: list[np.ndarray] = [np.zeros((0, dim), np.float32)] * len(texts)
+        missing = np.ones(len(texts), dtype=bool)
+        if self._cache is not None:
+            found, vectors, offsets = self._cache.get(text_keys(texts, max_length=self.embedder.passage_max_length))
+            for i, start, end in zip(np.flatnonzero(found).tolist(), offsets[:-1].tolist(), offsets[1:].tolist()):
+                mats[i] = vectors[start:end]
+            missing = ~found
+        if missing.any():
+            redo = np.flatnonzero(missing).tolist()
+            out = self.embedder.encode_documents([texts[i] for i in redo], dense=False, sparse=False, colbert=True)
+            assert out.colbert is not None
+            for i, mat in zip(redo, out.colbert):
+                mats[i] = mat
+        offsets = np.concatenate([[0], np.cumsum([len(m) for m in mats])]).astype(np.int64)
+        return np.concatenate(mats).astype(np.float32, copy=False), offsets

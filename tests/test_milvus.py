@@ -1,0 +1,314 @@
+"""MilvusStore on milvus-lite: same hits and scores as M3Index, CRUD, filters, reopen, errors."""
+
+from __future__ import annotations
+
+import importlib.util
+import itertools
+import re
+import sys
+
+import numpy as np
+import pytest
+
+pytest.importorskip("pymilvus")
+pytest.importorskip("milvus_lite")
+
+from conftest import DATA
+from milvus_lite.server_manager import server_manager_instance
+from test_index import CORPUS, QUERIES, exhaustive
+
+from m3_rag import IndexFormatError, M3Embedder, M3Index, MilvusStore
+from m3_rag.index.colbert_cache import ColbertCache
+from m3_rag.index.milvus_expr import milvus_filter
+from m3_rag.retrieval import HybridStore
+
+IDS = [f"d{i}" for i in range(len(CORPUS))]
+METAS = [{"n": i, "even": i % 2 == 0, "lang": "zh" if i == 3 else "x"} for i in range(len(CORPUS))]
+_names = (f"c{i}" for i in itertools.count())
+
+
+@pytest.fixture(scope="module")
+def db(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return str(tmp_path_factory.mktemp("milvus") / "m3.db")
+
+
+@pytest.fixture
+def make(embedder: M3Embedder, db: str):
+    """A new, empty collection (its own name) in the module's milvus-lite database."""
+    made: list[MilvusStore] = []
+
+    def factory(**kwargs) -> MilvusStore:
+        store = MilvusStore(kwargs.pop("embedder", embedder), kwargs.pop("uri", db), next(_names), **kwargs)
+        made.append(store)
+        return store
+
+    yield factory
+    for store in made:
+        store.close()
+
+
+@pytest.fixture(scope="module")
+def stores(embedder: M3Embedder, db: str) -> dict[str, MilvusStore]:
+    """The corpus in the side-store (float16, float32) and re-encoding variants."""
+    out = {
+        name: MilvusStore(embedder, db, f"corpus_{name}", colbert=None if name == "none" else name)
+        for name in ("float16", "float32", "none")
+    }
+    for store in out.values():
+        store.add(CORPUS, ids=IDS, metadatas=METAS)
+    yield out
+    for store in out.values():
+        store.close()
+
+
+@pytest.fixture(scope="module")
+def references(embedder: M3Embedder) -> dict[str, M3Index]:
+    out = {}
+    for name in ("float16", "float32", "none"):
+        out[name] = M3Index(embedder, colbert=None if name == "none" else name)  # type: ignore[arg-type]
+        out[name].add(CORPUS, ids=IDS, metadatas=METAS)
+    return out
+
+
+def assert_same_hits(got, expected, rtol=1e-5) -> None:
+    assert [h.id for h in got] == [h.id for h in expected]
+    assert [h.text for h in got] == [h.text for h in expected]
+    assert [h.metadata for h in got] == [h.metadata for h in expected]
+    np.testing.assert_allclose([h.score for h in got], [h.score for h in expected], rtol=rtol, atol=1e-6)
+    for mode in ("dense", "sparse", "colbert"):
+        np.testing.assert_allclose(
+            [h.scores[mode] for h in got], [h.scores[mode] for h in expected], rtol=rtol, atol=1e-6
+        )
+
+
+def test_is_a_hybrid_store(stores) -> None:
+    assert all(isinstance(s, HybridStore) for s in stores.values())
+    assert stores["float16"].colbert_storage == "float16" and stores["none"].colbert_storage is None
+    assert stores["float16"].dense_index_type == "FLAT"  # exact first stage on milvus-lite by default
+    assert len(stores["float16"]) == len(CORPUS)
+
+
+@pytest.mark.parametrize("colbert", ["float16", "float32", "none"])
+@pytest.mark.parametrize(
+    ("candidates", "first_stage", "weights"),
+    [
+        (len(CORPUS), ("dense", "sparse"), (1, 1, 1)),
+        (100, ("dense", "sparse"), (1, 1, 1)),  # the defaults
+        (50, "dense", (0.4, 0.2, 0.4)),
+        (3, ("dense", "sparse"), (1, 1, 1)),  # fewer candidates than documents: same first stage
+        (4, "sparse", (0.4, 0.2, 0.4)),
+    ],
+)
+def test_same_hits_and_scores_as_m3index(stores, references, colbert, candidates, first_stage, weights) -> None:
+    store, index = stores[colbert], references[colbert]
+    kwargs = {"candidates": candidates, "first_stage": first_stage, "weights": weights}
+    expected = index.search_batch(QUERIES, k=len(CORPUS), **kwargs)
+    for got, want in zip(store.search_batch(QUERIES, k=len(CORPUS), **kwargs), expected, strict=True):
+        assert_same_hits(got, want)
+    assert sum(len(hits) for hits in expected) >= len(QUERIES)  # not vacuous
+    for got, want in zip(store.search_batch(QUERIES, k=2, **kwargs), expected):
+        assert_same_hits(got, want[:2])
+
+
+def test_full_candidates_equal_exhaustive_scoring(stores, embedder) -> None:
+    for query in QUERIES:
+        hits = stores["float32"].search(query, k=len(CORPUS), candidates=len(CORPUS), first_stage="dense")
+        expected = exhaustive(embedder, query)
+        assert [h.id for h in hits] == [doc_id for doc_id, _ in expected]
+        np.testing.assert_allclose([h.score for h in hits], [s for _, s in expected], rtol=1e-5, atol=1e-7)
+
+
+def test_search_batch_equals_single_searches(stores) -> None:
+    store = stores["float16"]
+    for query, hits in zip(QUERIES, store.search_batch(QUERIES, k=4, filter={"even": True})):
+        assert_same_hits(hits, store.search(query, k=4, filter={"even": True}), rtol=1e-6)
+    assert store.search_batch([]) == []
+
+
+def test_filters_match_m3index(stores, references) -> None:
+    store, index = stores["float16"], references["float16"]
+    cases = [
+        {"even": True},
+        {"n": [1, 3, 99]},
+        {"n": 1, "even": False},
+        {"n": 1, "even": True},
+        {"missing": 1},
+        {"n": True},  # True is not 1 (Milvus alone would say it is)
+        {"even": 1},
+        {"n": 1.0},
+        {"lang": ["zh", "nope"]},
+        {"n": []},
+        {"n": float("nan")},
+    ]
+    for flt in cases:
+        expected = index.search("capital", k=10, filter=flt)
+        assert_same_hits(store.search("capital", k=10, filter=flt), expected)
+    assert {h.id for h in store.search("capital", k=10, filter={"n": [1, 3, 99]})} == {"d1", "d3"}
+    with pytest.raises(ValueError, match="filter key"):
+        store.search("capital", filter={'x"] or metadata["n': 1})
+    with pytest.raises(TypeError, match="filter value"):
+        store.search("capital", filter={"n": {"$gt": 1}})
+
+
+def test_filter_expression_is_escaped() -> None:
+    assert milvus_filter(None) == "" and milvus_filter({}) == ""
+    assert milvus_filter({"lang": 'x" or id != "'}) == '(metadata["lang"] == "x\\" or id != \\"")'
+    assert milvus_filter({"a": ["q\\", "l\nm"], "b": None}) == (
+        '(metadata["a"] == "q\\\\" or metadata["a"] == "l\\nm") and (metadata["b"] is null)'
+    )
+    assert milvus_filter({"n": [False, -2, 1e-05]}) == (
+        '(metadata["n"] == false or metadata["n"] == -2 or metadata["n"] == 1e-05)'
+    )
+    assert milvus_filter({"n": []}) is None
+
+
+def test_injection_does_not_widen_filters_gets_or_deletes(make) -> None:
+    store = make()
+    evil = 'x" or id != "'
+    store.add(["one", "two", "three"], ids=["a", "x' or id != '", 'q"'], metadatas=[{"lang": evil}, {"lang": "y"}, {}])
+    assert [h.id for h in store.search("one", filter={"lang": evil})] == ["a"]
+    assert store.search("one", filter={"lang": 'y" or id != "'}) == []
+    assert store.search("one", filter={"lang": "y' or id != '"}) == []
+    assert [r.id for r in store.get(["x' or id != '", 'q"', "nope"])] == ["x' or id != '", 'q"']
+    assert store.delete(["zz' or id != '"]) == 0  # pymilvus's delete(ids=) would build `id in ['zz' or id != '']`
+    assert len(store) == 3
+    assert store.delete("x' or id != '") == 1 and len(store) == 2
+
+
+def test_upsert_delete_get(make) -> None:
+    store = make()
+    store.add(CORPUS, ids=IDS)
+    store.add(["Tokyo is the capital of Japan.", ""], ids=["d0", "empty"], metadatas=[{"n": 100}, None])
+    assert len(store) == len(CORPUS) + 1  # upsert: no duplicate id
+    (record,) = store.get("d0")
+    assert record.text == "Tokyo is the capital of Japan." and record.metadata == {"n": 100}
+    hits = store.search("Tokyo is the capital of Japan.", k=len(CORPUS) + 1, candidates=50)
+    assert [h.id for h in hits].count("d0") == 1 and hits[0].id == "d0"
+    assert "Berlin is the capital of Germany." not in [h.text for h in hits]
+    assert "empty" in [h.id for h in hits]  # no sparse weights: stored with a placeholder, scored 0
+    assert next(h for h in hits if h.id == "empty").scores["sparse"] == 0.0
+    assert [r.id for r in store.get(["d2", "nope", "d1"])] == ["d2", "d1"]
+    assert store.delete(["d0", "nope"]) == 1 and store.delete("d0") == 0
+    assert "d0" not in store and "d1" in store and len(store) == len(CORPUS)
+    assert all(h.id != "d0" for h in store.search("capital of Germany", k=20))
+    store.delete([r.id for r in store.get([*IDS, "empty"])])
+    assert len(store) == 0 and store.search("anything") == []
+
+
+def test_batches_progress_and_reopen(make, embedder, tmp_path, capsys, monkeypatch) -> None:
+    uri = str(tmp_path / "own.db")
+    store = make(uri=uri, insert_batch_size=3)
+    store.add(CORPUS, ids=IDS, metadatas=METAS, show_progress=True)
+    assert "Indexing into Milvus" in capsys.readouterr().err
+    store.delete("d5")
+    before = store.search_batch(QUERIES, k=5)
+    name = store.collection
+    store.close()
+    server_manager_instance.release_server(uri)  # the next open reads the files from disk
+
+    reopened = MilvusStore(embedder, uri, name)
+    try:
+        assert len(reopened) == len(CORPUS) - 1 and reopened.get("d3")[0].metadata == METAS[3]
+
+        def no_encoding(*args, **kwargs):
+            raise AssertionError("the side store should have every candidate's ColBERT vectors")
+
+        monkeypatch.setattr(embedder, "encode_documents", no_encoding)
+        for a, b in zip(before, reopened.search_batch(QUERIES, k=5)):
+            assert_same_hits(b, a, rtol=1e-6)
+    finally:
+        reopened.close()
+
+
+def test_stale_side_store_is_re_encoded(stores, references, tmp_path) -> None:
+    """A side store that lacks the texts (deleted, or another machine's) falls back to re-encoding."""
+    store = stores["float32"]
+    other = MilvusStore(store.embedder, store.uri, store.collection, colbert="float32", colbert_dir=tmp_path / "cb")
+    try:
+        for query in QUERIES:
+            assert_same_hits(other.search(query, k=5), references["float32"].search(query, k=5))
+    finally:
+        other.close()
+
+
+def test_side_store_picks_up_other_writers_and_skips_damage(make, embedder, monkeypatch, caplog) -> None:
+    first = make()
+    second = MilvusStore(embedder, first.uri, first.collection)  # another process, the same folder
+    try:
+        second.add(CORPUS[:4], ids=IDS[:4])
+        expected = second.search("capital", k=3)
+        original = embedder.encode_documents
+
+        def no_encoding(*args, **kwargs):
+            raise AssertionError("the side store should have every candidate's ColBERT vectors")
+
+        monkeypatch.setattr(embedder, "encode_documents", no_encoding)
+        assert_same_hits(first.search("capital", k=3), expected, rtol=1e-6)  # found after a refresh
+        monkeypatch.setattr(embedder, "encode_documents", original)
+
+        folder = first._cache.folder
+        segment = next(folder.glob("seg-*"))
+        (segment / "vectors.npy").write_bytes((segment / "vectors.npy").read_bytes()[:-64])
+        third = MilvusStore(embedder, first.uri, first.collection)
+        try:
+            assert "skipping damaged ColBERT segment" in caplog.text
+            assert_same_hits(third.search("capital", k=3), expected, rtol=1e-3)  # re-encoded: float32, not 16
+        finally:
+            third.close()
+    finally:
+        second.close()
+    other = M3Embedder.from_pretrained(DATA / "tiny-m3-bin", device="cpu")
+    with pytest.raises(IndexFormatError, match="another model or dtype"):
+        ColbertCache(folder, fingerprint=other.fingerprint, dim=embedder.colbert_dim, dtype="float16")
+    with pytest.raises(IndexFormatError, match="another model or dtype"):
+        ColbertCache(folder, fingerprint=embedder.fingerprint, dim=embedder.colbert_dim, dtype="float32")
+
+
+def test_hnsw_index_parameters(make, references) -> None:
+    store = make(dense_index={"index_type": "HNSW", "params": {"M": 8, "efConstruction": 64}})
+    store.add(CORPUS, ids=IDS, metadatas=METAS)
+    assert store.dense_index_type == "HNSW"
+    for query in QUERIES:
+        assert_same_hits(store.search(query, k=5), references["float16"].search(query, k=5))
+
+
+def test_unreachable_server_is_a_clear_error(embedder) -> None:
+    with pytest.raises(ConnectionError, match=r"could not connect to Milvus at 'http://127\.0\.0\.1:1'"):
+        MilvusStore(embedder, "http://127.0.0.1:1", colbert=None, timeout=2)
+
+
+def test_collection_of_another_model_is_refused(make, db) -> None:
+    store = make()
+    store.add(["hello"], ids=["h"])
+    other = M3Embedder.from_pretrained(DATA / "tiny-m3-bin", device="cpu")
+    with pytest.raises(IndexFormatError, match=r"dense dim 32.*\(dim 48\)"):
+        MilvusStore(other, db, store.collection)
+
+
+def test_bad_arguments(make, embedder, tmp_path) -> None:
+    with pytest.raises(ValueError, match=r"must end with '\.db'"):
+        MilvusStore(embedder, str(tmp_path / "m3.sqlite"))
+    with pytest.raises(ValueError, match="collection must match"):
+        MilvusStore(embedder, str(tmp_path / "m3.db"), "bad name")
+    with pytest.raises(ValueError, match="colbert must be"):
+        MilvusStore(embedder, str(tmp_path / "m3.db"), colbert="int8")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="needs colbert_dir"):
+        MilvusStore(embedder, "http://127.0.0.1:1", colbert="float16")
+    store = make()
+    with pytest.raises(ValueError, match="too long for Milvus"):
+        store.add(["x" * 70000])
+    with pytest.raises(ValueError, match="unique"):
+        store.add(["a", "b"], ids=["x", "x"])
+    with pytest.raises(ValueError, match="k must be an int >= 1"):
+        store.search("a", k=0)
+    assert len(store) == 0
+
+
+def test_works_without_pymilvus_until_used(embedder, tmp_path, monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "pymilvus", None)  # as if not installed
+    spec = importlib.util.find_spec("m3_rag.index.milvus")
+    module = importlib.util.module_from_spec(spec)  # a fresh copy: it must import without pymilvus
+    spec.loader.exec_module(module)
+    with pytest.raises(ImportError, match=re.escape('pip install "m3-rag[milvus]"')):
+        module.MilvusStore(embedder, str(tmp_path / "m3.db"))
+    assert not (tmp_path / "m3.db").exists()
