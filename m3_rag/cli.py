@@ -3,6 +3,7 @@
     m3-rag index examples/corpus --index ./m3-index
     m3-rag search "What is hybrid search?" --index ./m3-index -k 3
     m3-rag info --index ./m3-index
+    m3-rag index docs/ --index docs --milvus ./m3.db      # Milvus: --index names the collection
 
 The model comes from ``--model``, else ``$M3_RAG_MODEL``, else the index's own model, else
 ``BAAI/bge-m3``. Errors are one line on stderr and a non-zero exit status.
@@ -30,6 +31,7 @@ __all__ = ["main"]
 
 SUFFIXES = (".txt", ".md")
 ENV_MODEL = "M3_RAG_MODEL"
+MILVUS_HELP = "store in Milvus instead: a .db file (milvus-lite) or http(s)://host:19530; --index names the collection"
 
 
 class CliError(Exception):
@@ -83,10 +85,37 @@ def _open_index(index_dir: Path, model: str, *, create: bool, colbert: str | Non
     return M3Index(M3Embedder.from_pretrained(model), colbert=None if colbert == "none" else colbert)  # type: ignore[arg-type]
 
 
+def _open_milvus(args: argparse.Namespace) -> Any:
+    from .index.milvus import MilvusStore
+
+    model = _model_name(args, None)
+    return MilvusStore(M3Embedder.from_pretrained(model), args.milvus, collection=args.index)
+
+
+def _open(args: argparse.Namespace, *, create: bool) -> Any:
+    """The store to use: Milvus (``--milvus URI``, ``--index`` names the collection) or a folder."""
+    if args.milvus:
+        return _open_milvus(args)
+    index_dir = Path(args.index)
+    if not create and not _is_index(index_dir):
+        raise CliError(f"{index_dir} is not an m3-rag index (no manifest.json); create one with `m3-rag index`")
+    return _open_index(index_dir, _model_name(args, index_dir), create=create, colbert=getattr(args, "colbert", None))
+
+
+def _stored_chunks(store: Any, prefix: str) -> list[Any]:
+    """The stored chunks of one file: ids are ``<path>#0``, ``<path>#1``... without gaps."""
+    found: list[Any] = []
+    page = 256
+    while True:
+        got = store.get([f"{prefix}{n}" for n in range(len(found), len(found) + page)])
+        found.extend(got)
+        if len(got) < page:
+            return found
+
+
 def cmd_index(args: argparse.Namespace) -> int:
     files = _collect_files(args.paths)
-    index_dir = Path(args.index)
-    index = _open_index(index_dir, _model_name(args, index_dir), create=True, colbert=args.colbert)
+    index = _open(args, create=True)
     max_tokens = args.chunk_tokens or min(512, index.embedder.passage_max_length)
     if max_tokens > index.embedder.passage_max_length:
         raise CliError(
@@ -97,7 +126,6 @@ def cmd_index(args: argparse.Namespace) -> int:
     metas: list[dict[str, Any]] = []
     stale: list[str] = []
     skipped = 0
-    stored = index.ids
     for path in files:
         try:
             content = path.read_text(encoding="utf-8")
@@ -105,11 +133,11 @@ def cmd_index(args: argparse.Namespace) -> int:
             raise CliError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
         digest = hashlib.sha256(content.encode("utf-8")).hexdigest()
         prefix = f"{path}#"
-        old = [i for i in stored if i.startswith(prefix)]
-        if old and all(r.metadata.get("sha256") == digest for r in index.get(old)):
+        old = _stored_chunks(index, prefix)
+        if old and all(r.metadata.get("sha256") == digest for r in old):
             skipped += 1
             continue
-        stale.extend(old)
+        stale.extend(r.id for r in old)
         for n, chunk in enumerate(
             chunk_text(
                 content, index.embedder.tokenizer, max_tokens=max_tokens, overlap=min(args.overlap, max_tokens - 3)
@@ -120,12 +148,15 @@ def cmd_index(args: argparse.Namespace) -> int:
             metas.append({"source": str(path), "chunk": n, "start": chunk.start, "end": chunk.end, "sha256": digest})
     if texts:
         index.add(texts, ids=ids, metadatas=metas, show_progress=not args.quiet)
-    removed = index.delete([i for i in stale if i not in set(ids)])
-    index.save(index_dir)
+    kept = set(ids)
+    removed = index.delete([i for i in stale if i not in kept])
+    if isinstance(index, M3Index):
+        index.save(Path(args.index))
     changed = len({m["source"] for m in metas})
+    where = f"{args.milvus} collection {args.index}" if args.milvus else args.index
     print(
         f"indexed {changed} file(s) into {len(texts)} chunk(s), {skipped} unchanged, {removed} old chunk(s) removed; "
-        f"{index_dir} holds {len(index)} chunk(s)"
+        f"{where} holds {len(index)} chunk(s)"
     )
     return 0
 
@@ -146,11 +177,8 @@ def _snippet(text: str, width: int = 160) -> str:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    index_dir = Path(args.index)
-    if not _is_index(index_dir):
-        raise CliError(f"{index_dir} is not an m3-rag index (no manifest.json); create one with `m3-rag index`")
     weights = _parse_weights(args.weights)
-    index = _open_index(index_dir, _model_name(args, index_dir), create=False)
+    index = _open(args, create=False)
     hits = index.search(
         args.query,
         k=args.k,
@@ -190,6 +218,13 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
+    if args.milvus:
+        store = _open_milvus(args)
+        info_milvus = {"uri": args.milvus, "collection": args.index, "model": store.embedder.name, "chunks": len(store)}
+        print(
+            json.dumps(info_milvus, indent=2) if args.json else "\n".join(f"{k:18} {v}" for k, v in info_milvus.items())
+        )
+        return 0
     index_dir = Path(args.index)
     manifest = read_manifest(index_dir)
     data = index_dir / str(manifest["data"])
@@ -230,6 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("index", help="index .txt and .md files (folders are read recursively)")
     p.add_argument("paths", nargs="+", metavar="PATH")
     p.add_argument("--index", required=True, metavar="DIR", help="index folder (created or updated)")
+    p.add_argument("--milvus", metavar="URI", help=MILVUS_HELP)
     p.add_argument("--model", help=model_help)
     p.add_argument("--chunk-tokens", type=int, default=None, help="max tokens per chunk (default 512)")
     p.add_argument("--overlap", type=int, default=64, help="tokens shared by consecutive chunks (default 64)")
@@ -245,6 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("search", help="search an index")
     p.add_argument("query")
     p.add_argument("--index", required=True, metavar="DIR")
+    p.add_argument("--milvus", metavar="URI", help=MILVUS_HELP)
     p.add_argument("--model", help=model_help)
     p.add_argument("-k", type=int, default=5, help="number of hits (default 5)")
     p.add_argument("--candidates", type=int, default=100, help="first-stage candidates per mode (default 100)")
@@ -256,6 +293,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("info", help="describe an index")
     p.add_argument("--index", required=True, metavar="DIR")
+    p.add_argument("--milvus", metavar="URI", help=MILVUS_HELP)
+    p.add_argument("--model", help="model of a Milvus collection (default: $M3_RAG_MODEL, else BAAI/bge-m3)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_info)
     return parser

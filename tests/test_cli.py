@@ -144,3 +144,18 @@ def test_wrong_file_type(tmp_path) -> None:
     (tmp_path / "a.pdf").write_bytes(b"%PDF")
     result = m3_rag("index", str(tmp_path / "a.pdf"), "--index", str(tmp_path / "i"))
     assert result.returncode == 1 and "only .txt and .md files" in result.stderr
+
+
+def test_milvus_store(tmp_path) -> None:
+    pytest.importorskip("pymilvus")
+    corpus = tmp_path / "corpus"
+    shutil.copytree(CORPUS, corpus)
+    db = str(tmp_path / "m3.db")
+    first = m3_rag("index", str(corpus), "--index", "docs", "--milvus", db, "--chunk-tokens", "48", "-q")
+    assert first.returncode == 0, first.stderr
+    again = m3_rag("index", str(corpus), "--index", "docs", "--milvus", db, "--chunk-tokens", "48", "-q")
+    assert f"{len(list(CORPUS.iterdir()))} unchanged" in again.stdout
+    hits = json.loads(m3_rag("search", "Berlin", "--index", "docs", "--milvus", db, "-k", "2", "--json").stdout)
+    assert len(hits) == 2 and all(set(h["scores"]) == {"dense", "sparse", "colbert"} for h in hits)
+    info = json.loads(m3_rag("info", "--index", "docs", "--milvus", db, "--json").stdout)
+    assert info["chunks"] > len(list(CORPUS.iterdir()))
