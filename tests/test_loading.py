@@ -59,6 +59,7 @@ class _Payload:
         return (os.mkdir, (self.marker,))
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_pickle_payload_in_a_head_is_refused_without_running(tiny_path, tmp_path) -> None:
     folder = copy_checkpoint(tiny_path, tmp_path / "evil")
     marker = tmp_path / "payload-ran"
