@@ -1,0 +1,120 @@
+"""Rewrite the results table of ``benchmarks/README.md`` from ``benchmarks/results/*.json``.
+
+Every number in the table comes from a result file written by a benchmark run::
+
+    python benchmarks/report.py
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from _common import HERE, RESULTS
+
+README = HERE / "README.md"
+BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
+
+
+def _load(name: str) -> dict[str, Any] | None:
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def _machine(result: dict[str, Any]) -> str:
+    m = result["machine"]
+    gpu = f", {m['gpu']}" if m.get("gpu") else ""
+    return f"{m['cpu']}, {m['cores']} cores{gpu}"
+
+
+def _met(value: bool | None) -> str:
+    return "" if value is None else (" ✅" if value else " ❌")
+
+
+def _encode_rows(result: dict[str, Any], label: str, command: str) -> list[str]:
+    rows = []
+    names = {"passages/all": "passages, all three", "passages/dense": "passages, dense only",
+             "documents/all": "documents, all three", "documents/dense": "documents, dense only"}  # fmt: skip
+    load = [r["load_before"][0] for r in result["runs"]] or [float("nan")]
+    for key, row in result["summary"].items():
+        if "ratio_tokens_per_s" not in row:
+            continue
+        cells = []
+        for lib in ("m3_rag", "flagembedding"):
+            r = row[lib]
+            mem = f"GPU {r['gpu_peak_allocated_mb_max']:.0f} MB" if r.get("gpu_peak_allocated_mb_max") else (
+                f"peak RSS {r['peak_rss_mb_median']:.0f} MB")  # fmt: skip
+            cells.append(f"{r['tokens_per_s_median']:,.0f} tok/s, {r['docs_per_s_median']:.2f} docs/s, {mem} "
+                         f"(n={r['runs']})")  # fmt: skip
+        target = f" (target ≥ {row['target_ratio']}x){_met(row['target_met'])}" if row.get("target_ratio") else ""
+        corpus = result["setup"]["corpora"][key.split("/")[0]]
+        figure = f"{label}: {names.get(key, key)} ({corpus['texts']} texts, {corpus['tokens']:,} tokens)"
+        rows.append(f"| {figure} | {_machine(result)}, load {min(load):.1f}-{max(load):.1f} | {result['date'][:10]} "
+                    f"| {cells[0]} | {cells[1]} | **{row['ratio_tokens_per_s']:.2f}x**{target} | `{command}` |")  # fmt: skip
+    return rows
+
+
+def _index_rows(result: dict[str, Any]) -> list[str]:
+    command = "python benchmarks/index_search.py"
+    where = f"{_machine(result)}, load {result['load_before'][0]:.1f}→{result['load_after'][0]:.1f}"
+    date = result["date"][:10]
+    setup = result["setup"]
+    rows = []
+    for mode, timings in result["search_ms"].items():
+        hot, cold = timings["hot"], timings["cold"]
+        ok = hot["p50_ms"] <= 100
+        rows.append(
+            f"| search k={setup['k']}, {setup['candidates_per_mode']} candidates/mode, first stage {mode} "
+            f"({setup['documents']:,} docs; {hot['candidates_reranked_mean']:.0f} reranked) | {where} | {date} "
+            f"| p50 {hot['p50_ms']:.0f} ms, p95 {hot['p95_ms']:.0f} ms hot; p50 {cold['p50_ms']:.0f} ms, "
+            f"p95 {cold['p95_ms']:.0f} ms cold | — | (target p50 ≤ 100 ms){_met(ok)} | `{command}` |"
+        )
+    mem = result["memory"]
+    rows.append(
+        f"| index memory per document | {where} | {date} | RAM (dense + sparse + inverted index) "
+        f"{mem['total_bytes_per_doc']:,.0f} B (RSS growth {mem['rss_growth_per_doc_bytes']:,.0f} B); ColBERT on disk "
+        f"{mem['colbert_disk_bytes_per_doc']:,.0f} B ({mem['colbert_disk_gb_at_docs']} GB at {setup['documents']:,}) "
+        f"| — | — | `{command}` |"
+    )
+    rr = result["rerank_100_candidates_ms"]
+    store, memory, flag, flag1 = (rr[k] for k in ("m3_rag_from_store", "m3_rag_in_memory_float32", "flagembedding",
+                                                  "flagembedding_1_thread"))  # fmt: skip
+    rows.append(
+        f"| hybrid rerank of {rr['candidates']} candidates (median ms, {store['n']} samples) | {where} | {date} "
+        f"| {store['median']:.1f} ms from the index (float16 mmap); {memory['median']:.1f} ms on in-memory float32 "
+        f"| {flag['median']:.1f} ms ({rr['flagembedding_torch_threads']} torch threads); {flag1['median']:.1f} ms "
+        f"(1 thread) | **{rr['ratio_median']:.2f}x** from the index, {rr['ratio_median_in_memory']:.2f}x in memory "
+        f"(target ≥ 20x){_met(rr['ratio_median'] >= 20)} | `{command}` |"
+    )
+    return rows
+
+
+def table() -> str:
+    lines = [
+        "| figure | machine | date | m3-rag | FlagEmbedding 1.4.2 | ratio | reproduce |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    if (cpu := _load("encode_cpu")) is not None:
+        lines += _encode_rows(cpu, "CPU encode", "python benchmarks/encode_cpu.py")
+    if (gpu := _load("encode_gpu")) is not None:
+        lines += _encode_rows(gpu, "GPU encode", "python benchmarks/encode_gpu.py")
+    else:
+        lines.append("| GPU encode (bge-m3 architecture, fp16) | — | not run yet | | | | "
+                     "`python benchmarks/encode_gpu.py` |")  # fmt: skip
+    if (index := _load("index_search")) is not None:
+        lines += _index_rows(index)
+    return "\n".join(lines)
+
+
+def main() -> None:
+    text = README.read_text(encoding="utf-8")
+    pattern = re.compile(re.escape(BEGIN) + ".*?" + re.escape(END), re.DOTALL)
+    if not pattern.search(text):
+        raise SystemExit(f"{README} has no {BEGIN} ... {END} section")
+    README.write_text(pattern.sub(lambda _: f"{BEGIN}\n{table()}\n{END}", text), encoding="utf-8")
+    print(table())
+
+
+if __name__ == "__main__":
+    main()
