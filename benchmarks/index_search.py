@@ -51,7 +51,7 @@ from ref_env import ref_python
 
 from m3_rag import M3Index, M3Output
 from m3_rag.retrieval import rerank, top_k
-from m3_rag.scoring import lexical_scores, sparse_to_csr
+from m3_rag.scoring import colbert_scores, lexical_scores, sparse_to_csr
 
 QUIET_S = 0.25  # pause between the two processes' timed sections
 STAGES: dict[str, Any] = {"dense": "dense", "sparse": "sparse", "dense+sparse": ("dense", "sparse")}
@@ -89,7 +89,7 @@ def first_stage(index: M3Index, q: M3Output, stage: Any, candidates: int) -> np.
     stages = (stage,) if isinstance(stage, str) else stage
     found = []
     if "dense" in stages:
-        found.append(top_k(index._dense.matrix @ q.dense[0], candidates))
+        found.append(top_k(dense_first_stage(index, q)[:, 0], candidates))
     if "sparse" in stages:
         lexical = np.asarray((sparse_to_csr(q.sparse, VOCAB) @ index._inverted_index()).todense()).ravel()
         found.append(top_k(np.where(lexical > 0, lexical, -np.inf), candidates))
@@ -100,16 +100,12 @@ def breakdown(index: M3Index, queries: list[M3Output], *, k: int, candidates: in
     """Median ms of each step of a hot dense+sparse search, the steps of ``search_batch`` one by one
     (the queries were searched before, so their candidates' ColBERT pages are in memory)."""
     steps: dict[str, list[float]] = {
-        k_: [] for k_ in ("dense_matmul", "sparse_matmul", "top_k", "colbert_gather", "colbert_to_float32",
-                          "colbert_matmul", "colbert_max_mean", "hybrid_top_k")
-    }  # fmt: skip
+        k_: [] for k_ in ("dense_matmul", "sparse_matmul", "top_k", "colbert_from_store", "hybrid_top_k")
+    }
     inverted = index._inverted_index()
-    store = index._colbert
-    assert store is not None
-    buffer, alt = torch.empty((0, 0)), []
     for q in queries:
         t = [time.perf_counter()]
-        dense_all = index._dense.matrix @ q.dense.T
+        dense_all = dense_first_stage(index, q)
         t.append(time.perf_counter())
         sparse_all = np.asarray((sparse_to_csr(q.sparse, VOCAB) @ inverted).todense(), dtype=np.float32)
         t.append(time.perf_counter())
@@ -118,52 +114,75 @@ def breakdown(index: M3Index, queries: list[M3Output], *, k: int, candidates: in
             top_k(np.where(sparse_all[0] > 0, sparse_all[0], -np.inf), candidates),
         ]))  # fmt: skip
         t.append(time.perf_counter())
-        vecs, offs = store.gather(rows)
-        t.append(time.perf_counter())
-        # m3_rag.scoring.colbert_scores, step by step
-        as32 = np.asarray(vecs, dtype=np.float32)
-        t.append(time.perf_counter())
-        token_scores = as32 @ q.colbert[0].T
-        t.append(time.perf_counter())
-        best = np.maximum.reduceat(token_scores, offs[:-1], axis=0)
-        colbert = (best.sum(axis=1) / np.float32(len(q.colbert[0]))).astype(np.float32)
+        # gathered, cast to float32 and multiplied block by block (m3_rag.scoring.colbert_scores_at)
+        colbert = index._candidate_colbert([rows])(q.colbert[0], rows)
         t.append(time.perf_counter())
         hybrid = (dense_all[rows, 0] + sparse_all[0, rows] + colbert) / 3
         top_k(hybrid, k)
         t.append(time.perf_counter())
         for name, a, b in zip(steps, t[:-1], t[1:]):
             steps[name].append((b - a) * 1000)
-        # an alternative for the float16 -> float32 step (not what m3-rag does): torch's vectorised
-        # copy into a buffer that is reused, so neither a slow cast nor fresh-page faults
-        if len(buffer) < len(vecs):
-            buffer = torch.empty((len(vecs), vecs.shape[1]), dtype=torch.float32)
+    return {name: round(float(np.median(v)), 3) for name, v in steps.items()}
+
+
+def dense_first_stage(index: M3Index, q: M3Output) -> np.ndarray:
+    """The dense scores of every document, as ``search_batch`` computes them."""
+    return index._dense_scores(q.dense)
+
+
+def roofline(vectors: np.ndarray, query: np.ndarray, flag_ms: float) -> dict[str, Any]:
+    """The arithmetic floor of an exact ColBERT rerank on this machine.
+
+    ``vectors`` are the (M, d) float32 ColBERT rows of 100 candidates. The token-score product
+    alone, (M, d) x (d, Lq), costs ``2 * M * d * Lq`` flops; timed here as one torch matrix
+    product on data already in memory and in float32 (the best case), and against the
+    machine's square-matrix sgemm peak. ``flag_ms`` divided by these gives the largest ratio
+    any exact implementation could reach against FlagEmbedding here.
+    """
+    x = torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32))
+    q = torch.zeros((-(-len(query) // 8) * 8, x.shape[1]))
+    q[: len(query)] = torch.from_numpy(query)
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    skinny, square = [], []
+    for _ in range(30):
         t0 = time.perf_counter()
-        buffer[: len(vecs)].copy_(torch.from_numpy(vecs))
-        alt.append((time.perf_counter() - t0) * 1000)
-    out = {name: round(float(np.median(v)), 3) for name, v in steps.items()}
-    out["alternative_colbert_to_float32_torch_copy_into_reused_buffer"] = round(float(np.median(alt)), 3)
-    return out
+        x @ q.T
+        skinny.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        a @ b
+        square.append(time.perf_counter() - t0)
+    flops = 2.0 * x.shape[0] * x.shape[1] * len(query)
+    skinny_s, peak = float(np.min(skinny)), 2.0 * 2048**3 / float(np.min(square))
+    return {
+        "colbert_rows": int(x.shape[0]),
+        "flops": flops,
+        "skinny_product_min_ms": round(skinny_s * 1000, 3),
+        "skinny_product_gflops": round(flops / skinny_s / 1e9, 1),
+        "square_sgemm_peak_gflops": round(peak / 1e9, 1),
+        "floor_ms_at_peak": round(flops / peak * 1000, 3),
+        "max_ratio_vs_flag_at_skinny_product": round(flag_ms / (skinny_s * 1000), 2),
+        "max_ratio_vs_flag_at_peak": round(flag_ms / (flops / peak * 1000), 2),
+    }
 
 
 # ---------------------------------------------------------------------------- rerank comparison
 def m3_rerank(index: M3Index, q: M3Output, rows: np.ndarray) -> np.ndarray:
     """Exact hybrid rerank of stored candidates (their dense and lexical scores from the stored
-    rows, ColBERT gathered from the float16 store, then ``rerank``); returns the hybrid scores."""
-    store = index._colbert
-    assert store is not None
+    rows, ColBERT scored from the float16 store as ``search_batch`` does, then ``rerank``);
+    returns the hybrid scores."""
     dense = index._dense.matrix[rows] @ q.dense[0]
     s_ids, s_off = index._sparse_ids.gather(rows)
     s_weights = index._sparse_weights.gather(rows)[0]
     sparse = lexical_scores(q.sparse[0], sp.csr_matrix((s_weights, s_ids, s_off), shape=(len(rows), VOCAB)))
-    vecs, offs = store.gather(rows)
-    _, hybrid, _ = rerank(dense, sparse, q.colbert[0], vecs, offs, weights=WEIGHTS, k=10)
+    colbert = index._candidate_colbert([rows])(q.colbert[0], rows)
+    _, hybrid, _ = rerank(dense, sparse, colbert, weights=WEIGHTS, k=10)
     return hybrid
 
 
 def m3_rerank_in_memory(q: M3Output, inputs: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]) -> None:
-    """``rerank`` alone on in-memory float32 inputs (what FlagEmbedding is given)."""
+    """``colbert_scores`` and ``rerank`` on in-memory float32 inputs (what FlagEmbedding is given)."""
     dense, sparse, vecs, offs = inputs
-    rerank(dense, sparse, q.colbert[0], vecs, offs, weights=WEIGHTS, k=10)
+    rerank(dense, sparse, colbert_scores(q.colbert[0], vecs, offs), weights=WEIGHTS, k=10)
 
 
 class FlagWorker:
@@ -260,10 +279,12 @@ def compare_rerank(
         "ratio_median_in_memory": flag_s["median"] / mem_s["median"],
         "ratio_paired_median": float(np.median(paired)),
         "max_abs_diff_hybrid": diff,
-        "m3_rag_from_store_does": "dense and lexical scores from the stored rows, ColBERT gather from the float16 "
-        "mmap store, colbert_scores, hybrid_scores, top_k (the rerank step of M3Index.search_batch)",
-        "m3_rag_in_memory_does": "m3_rag.retrieval.rerank on float32 candidate matrices already in memory "
-        "(the inputs FlagEmbedding is given)",
+        "m3_rag_from_store_does": "dense and lexical scores from the stored rows, ColBERT scored from the float16 "
+        "mmap store block by block (colbert_scores_at), hybrid_scores, top_k (the rerank step of "
+        "M3Index.search_batch)",
+        "m3_rag_in_memory_does": "colbert_scores and m3_rag.retrieval.rerank on float32 candidate matrices already "
+        "in memory (the inputs FlagEmbedding is given)",
+        "roofline": roofline(in_memory[0][2], queries[0].colbert[0], flag_s["median"]),
         "flagembedding_does": "per candidate: compute_lexical_matching_score(q, p) and colbert_score(q, p) "
         "(unbound M3Embedder methods, float32 matrices, str-keyed dicts as its encode returns them); dense by "
         "one numpy matmul; hybrid weighted sum; argsort",

@@ -87,6 +87,15 @@ def _index_rows(result: dict[str, Any]) -> list[str]:
         f"(1 thread) | **{rr['ratio_median']:.2f}x** from the index, {rr['ratio_median_in_memory']:.2f}x in memory "
         f"(target ≥ 20x){_met(rr['ratio_median'] >= 20)} | `{command}` |"
     )
+    if (roof := rr.get("roofline")) is not None:
+        rows.append(
+            f"| floor of any exact rerank of {rr['candidates']} candidates: the token-score product alone "
+            f"({roof['colbert_rows']:,} ColBERT rows, {roof['flops'] / 1e9:.2f} GFLOP) | {where} | {date} "
+            f"| {roof['skinny_product_min_ms']:.1f} ms at best in memory ({roof['skinny_product_gflops']:.0f} GFLOP/s); "
+            f"{roof['floor_ms_at_peak']:.1f} ms at the sgemm peak ({roof['square_sgemm_peak_gflops']:.0f} GFLOP/s) "
+            f"| {flag['median']:.1f} ms | at most {roof['max_ratio_vs_flag_at_skinny_product']:.1f}x "
+            f"({roof['max_ratio_vs_flag_at_peak']:.1f}x at peak) | `{command}` |"
+        )
     return rows
 
 

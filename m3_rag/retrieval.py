@@ -13,7 +13,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from .scoring import Weights, colbert_scores, hybrid_scores, normalize_weights
+from .scoring import Weights, hybrid_scores, normalize_weights
 
 __all__ = [
     "FIRST_STAGES",
@@ -135,9 +135,7 @@ def top_k(scores: np.ndarray, k: int) -> np.ndarray:
 def rerank(
     dense: np.ndarray,
     sparse: np.ndarray,
-    query_colbert: np.ndarray,
     colbert: np.ndarray,
-    colbert_offsets: np.ndarray,
     *,
     weights: Weights,
     k: int,
@@ -145,19 +143,21 @@ def rerank(
     """Exact hybrid scores of ``c`` candidates and the best ``k`` of them.
 
     Args:
-        dense: (c,) dense scores of the candidates.
-        sparse: (c,) lexical scores.
-        query_colbert: (Lq, d) the query's ColBERT vectors.
-        colbert: (M, d) the candidates' ColBERT vectors, packed; ``colbert_offsets`` (c + 1,).
+        dense, sparse, colbert: (c,) each candidate's dense, lexical and ColBERT score (see
+            :func:`m3_rag.scoring.colbert_scores_at` for ColBERT from a store).
         weights: ``(w_dense, w_sparse, w_colbert)``.
 
     Returns:
         ``(order, hybrid, per_mode)``: positions of the best ``k`` candidates, best first; the
         (c,) hybrid scores; ``{"dense", "sparse", "colbert"}`` -> (c,) scores.
+
+    >>> order, hybrid, _ = rerank(np.array([0.5, 0.9]), np.array([0.1, 0.0]), np.array([0.6, 0.6]),
+    ...                           weights=(1.0, 1.0, 1.0), k=1)
+    >>> order.tolist(), hybrid.round(3).tolist()
+    ([1], [0.4, 0.5])
     """
-    colbert_all = colbert_scores(query_colbert, colbert, colbert_offsets)
-    hybrid = hybrid_scores(dense, sparse, colbert_all, weights)
-    per_mode = {"dense": np.asarray(dense), "sparse": np.asarray(sparse), "colbert": colbert_all}
+    hybrid = hybrid_scores(dense, sparse, colbert, weights)
+    per_mode = {"dense": np.asarray(dense), "sparse": np.asarray(sparse), "colbert": np.asarray(colbert)}
     return top_k(hybrid, k), hybrid, per_mode
 
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from m3_rag.scoring import (
     colbert_pair_scores,
     colbert_scores,
+    colbert_scores_at,
     dense_scores,
     hybrid_scores,
     lexical_scores,
@@ -62,6 +65,42 @@ def test_colbert_matches_the_loop() -> None:
     np.testing.assert_allclose(colbert_scores(q, packed.astype(np.float16), offsets), expected, atol=2e-3)
     with pytest.raises(ValueError, match="at least one"):
         colbert_scores(q, packed, np.array([0, 0, 3]))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+@pytest.mark.parametrize("block_rows", [1, 5, 64, 1024])
+def test_colbert_scores_at_gathers_scattered_rows_across_blocks(dtype: type, block_rows: int) -> None:
+    """Passages anywhere in a store, in any order, overlapping blocks and runs of consecutive rows."""
+    q = unit(11, 16)  # 11 query vectors: padded to 16 inside, the padding must not leak
+    store = unit(200, 16).astype(dtype)
+    starts = np.array([150, 0, 7, 8, 190, 40, 41])
+    lengths = np.array([3, 7, 1, 20, 10, 1, 30])  # (0, 7) runs into (7, 1) and (8, 20): one consecutive run
+    expected = [loop_colbert(q, store[s : s + n].astype(np.float32)) for s, n in zip(starts, lengths)]
+    got = colbert_scores_at(q, store, starts, lengths, block_rows=block_rows)
+    assert got.dtype == np.float32 and got.shape == (7,)
+    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-7)  # float16 rows are cast exactly
+
+
+def test_colbert_scores_at_reads_a_read_only_memory_map(tmp_path: Path) -> None:
+    store = unit(50, 8).astype(np.float16)
+    np.save(tmp_path / "c.npy", store)
+    mapped = np.load(tmp_path / "c.npy", mmap_mode="r")
+    q = unit(3, 8)
+    expected = [loop_colbert(q, store[s : s + 5].astype(np.float32)) for s in (45, 10)]
+    np.testing.assert_allclose(colbert_scores_at(q, mapped, [45, 10], [5, 5]), expected, rtol=1e-6)
+
+
+def test_colbert_scores_at_rejects_bad_rows() -> None:
+    q, store = unit(2, 8), unit(10, 8)
+    with pytest.raises(ValueError, match="at least one"):
+        colbert_scores_at(q, store, [0, 3], [2, 0])
+    with pytest.raises(ValueError, match="outside the 10 stored vectors"):
+        colbert_scores_at(q, store, [8], [3])
+    with pytest.raises(ValueError, match=r"must be \(N, 8\)"):
+        colbert_scores_at(q, unit(10, 4), [0], [1])
+    with pytest.raises(ValueError, match="1-D of one length"):
+        colbert_scores_at(q, store, [0, 1], [1])
+    assert colbert_scores_at(q, store, [], []).shape == (0,)
 
 
 def test_colbert_pairs_match_the_loop_across_chunks() -> None:

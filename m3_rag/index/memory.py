@@ -6,19 +6,20 @@ import copy
 import json
 import threading
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import scipy.sparse as sp
+import torch
 
 from ..cross_encoder import CrossEncoderLike, search_with_final_stage
 from ..encoder import M3Embedder, _check_texts
 from ..errors import IndexFormatError
 from ..retrieval import SearchHit, check_search_args, make_hits, rerank, top_k
-from ..scoring import sparse_to_csr
+from ..scoring import colbert_scores_at, sparse_to_csr
 from .filters import MetadataFilter, MetadataIndex, check_filter, filter_mask
 from .packed import DenseRows, PackedRows, inverted_index
 from .storage import read_index, read_manifest, write_index
@@ -311,7 +312,7 @@ class M3Index:
             mask = filter_mask(conditions, self._metadatas, self._meta_index)
             if mask is not None:
                 allowed &= mask
-            dense_all = self._dense.matrix[:n] @ q.dense.T  # (n, m)
+            dense_all = self._dense_scores(q.dense, n)
             q_csr = sparse_to_csr(q.sparse, self.embedder.vocab_size)
             sparse_all = np.asarray((q_csr @ self._inverted_index()).todense(), dtype=np.float32)  # (m, n)
             picked: list[np.ndarray] = []
@@ -323,16 +324,14 @@ class M3Index:
                     lexical = np.where(allowed & (sparse_all[j] > 0), sparse_all[j], -np.inf)
                     found.append(top_k(lexical, candidates))
                 picked.append(np.unique(np.concatenate(found)))
-            colbert_rows = self._candidate_colbert(picked)
+            colbert_of = self._candidate_colbert(picked)
             results: list[list[SearchHit]] = []
             for j, rows in enumerate(picked):
                 if len(rows) == 0:
                     results.append([])
                     continue
-                vectors, offsets = colbert_rows(rows)
-                order, hybrid, per_mode = rerank(
-                    dense_all[rows, j], sparse_all[j, rows], q.colbert[j], vectors, offsets, weights=w, k=k
-                )
+                colbert = colbert_of(q.colbert[j], rows)
+                order, hybrid, per_mode = rerank(dense_all[rows, j], sparse_all[j, rows], colbert, weights=w, k=k)
                 results.append(
                     make_hits(
                         order,
@@ -345,25 +344,46 @@ class M3Index:
                 )
             return results
 
-    def _candidate_colbert(self, picked: list[np.ndarray]) -> Any:
-        """A function rows -> (packed ColBERT vectors, offsets): stored, or re-encoded once."""
-        if self._colbert is not None:
-            return self._colbert.gather
+    def _dense_scores(self, queries: np.ndarray, n: int | None = None) -> np.ndarray:
+        """(n, m) inner products of the first ``n`` stored rows (default: all) with (m, d) ``queries``.
+
+        One torch product, so that the whole search runs in torch's thread pool (numpy's BLAS
+        pool, idle-spinning beside it, slows the ColBERT step on a small machine).
+        """
+        matrix = torch.from_numpy(self._dense.matrix[:n])
+        return torch.mm(matrix, torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32)).T).numpy()
+
+    def _candidate_colbert(self, picked: list[np.ndarray]) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+        """A function (query ColBERT vectors, rows) -> (len(rows),) ColBERT scores.
+
+        Scores come straight from the packed store (gathered and cast block by block), or, with
+        ``colbert=None``, from the candidates of all queries re-encoded once.
+        """
+        store = self._colbert
+        if store is not None:
+
+            def from_store(query: np.ndarray, rows: np.ndarray) -> np.ndarray:
+                scores = np.zeros(len(rows), dtype=np.float32)
+                for positions, values, starts, lengths in store.locate(rows):
+                    scores[positions] = colbert_scores_at(query, values, starts, lengths)
+                return scores
+
+            return from_store
         unique = np.unique(np.concatenate(picked)) if picked else np.zeros(0, np.int64)
         out = self.embedder.encode_documents(
             [self._texts[r] for r in unique.tolist()], dense=False, sparse=False, colbert=True
         )
         assert out.colbert is not None
-        where = {r: i for i, r in enumerate(unique.tolist())}
+        packed = np.concatenate(out.colbert) if len(unique) else np.zeros((0, self.embedder.colbert_dim or 0))
+        lengths = np.array([len(c) for c in out.colbert], dtype=np.int64)
+        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
 
-        def gather(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-            assert out.colbert is not None
-            mats = [out.colbert[where[r]] for r in rows.tolist()]
-            return np.concatenate(mats), np.concatenate([[0], np.cumsum([len(m) for m in mats])])
+        def re_encoded(query: np.ndarray, rows: np.ndarray) -> np.ndarray:
+            where = np.searchsorted(unique, rows)
+            return colbert_scores_at(query, packed, starts[where], lengths[where])
 
-        return gather
+        return re_encoded
 
-    # ------------------------------------------------------------------ persistence
     def save(self, path: str | Path) -> Path:
         """Write the index to the folder ``path`` atomically (see :mod:`m3_rag.index.storage`)."""
         path = Path(path)

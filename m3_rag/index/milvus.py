@@ -62,12 +62,11 @@ from ..cross_encoder import CrossEncoderLike, search_with_final_stage
 from ..encoder import M3Embedder, _check_texts
 from ..errors import IndexFormatError
 from ..retrieval import SearchHit, check_search_args, make_hits, rerank
-from ..scoring import sparse_to_csr
+from ..scoring import colbert_scores_at, sparse_to_csr
 from .colbert_cache import ColbertCache, ColbertDtype, text_keys
 from .filters import MetadataFilter, MetadataIndex, check_filter, filter_mask
 from .memory import Record, _check_ids, _check_metadatas
 from .milvus_expr import ids_expression, milvus_filter
-from .packed import gather_packed
 
 __all__ = ["MilvusStore"]
 
@@ -447,16 +446,8 @@ class MilvusStore:
             if len(pos) == 0:
                 results.append([])
                 continue
-            mine = gather_packed(vectors, offsets[:-1][pos], lengths[pos])
-            order, hybrid, per_mode = rerank(
-                dense_all[pos, j],
-                sparse_all[j, pos],
-                q.colbert[j],
-                mine,
-                np.concatenate([[0], np.cumsum(lengths[pos])]),
-                weights=w,
-                k=k,
-            )
+            colbert = colbert_scores_at(q.colbert[j], vectors, offsets[:-1][pos], lengths[pos])
+            order, hybrid, per_mode = rerank(dense_all[pos, j], sparse_all[j, pos], colbert, weights=w, k=k)
             ids = [rows[p]["id"] for p in pos.tolist()]
             results.append(
                 make_hits(

@@ -9,7 +9,11 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-__all__ = ["DenseRows", "PackedRows", "gather_packed", "inverted_index"]
+__all__ = ["MERGED_CHUNK_BYTES", "DenseRows", "PackedRows", "gather_packed", "inverted_index"]
+
+
+#: In-memory chunks stop being merged once they hold this many bytes.
+MERGED_CHUNK_BYTES = 256 << 20
 
 
 def gather_packed(values: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
@@ -97,6 +101,49 @@ class PackedRows:
         self._start[rows] = offsets[:-1]
         self._len[rows] = np.diff(offsets)
         self.chunks.append(values)
+        self._merge_small_chunks()
+
+    def _merge_small_chunks(self) -> None:
+        """Merge the newest in-memory chunk into the one before while it is at least half its size.
+
+        Like a binary counter, this keeps O(log n) chunks for n appended values (each value is
+        copied O(log n) times), so a search touches few chunks however many small batches were
+        added. Chunks stop growing at ``MERGED_CHUNK_BYTES`` (a merge briefly holds both copies);
+        memory-mapped chunks (a loaded index) are never copied.
+        """
+        while len(self.chunks) >= 2:
+            prev, last = self.chunks[-2], self.chunks[-1]
+            if (
+                isinstance(prev, np.memmap)
+                or isinstance(last, np.memmap)
+                or 2 * len(last) < len(prev)
+                or prev.nbytes >= MERGED_CHUNK_BYTES
+            ):
+                return
+            c = len(self.chunks) - 1
+            moved = np.flatnonzero(self._chunk[: self._size] == c)
+            self._chunk[moved] = c - 1
+            self._start[moved] += len(prev)
+            self.chunks[-2:] = [np.concatenate([prev, last])]
+
+    def locate(self, rows: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+        """Where ``rows`` live, one entry per chunk holding any: ``(positions, values, starts, lengths)``.
+
+        ``positions`` index into ``rows``; row ``rows[positions[i]]`` is
+        ``values[starts[i] : starts[i] + lengths[i]]``. Empty rows are left out.
+
+        >>> store = PackedRows(); store.append(np.arange(5.0), np.array([0, 2, 5]))
+        >>> [(p.tolist(), s.tolist(), n.tolist()) for p, _, s, n in store.locate(np.array([1, 0]))]
+        [([0, 1], [2, 0], [3, 2])]
+        """
+        rows = np.asarray(rows, dtype=np.int64)
+        chunk_of, start, length = self._chunk[rows], self._start[rows], self._len[rows]
+        filled = length > 0
+        out = []
+        for c in np.unique(chunk_of[filled]).tolist():
+            sel = np.flatnonzero(filled & (chunk_of == c))
+            out.append((sel, self.chunks[c], start[sel], length[sel]))
+        return out
 
     def append(self, values: np.ndarray, offsets: np.ndarray) -> None:
         """Store rows packed as ``values`` with ``offsets`` after the existing rows."""
@@ -109,17 +156,15 @@ class PackedRows:
     def gather(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The values of ``rows`` packed in that order, and their offsets (len(rows) + 1)."""
         rows = np.asarray(rows, dtype=np.int64)
-        chunk_of, start, length = self._chunk[rows], self._start[rows], self._len[rows]
-        offsets = np.concatenate([[0], np.cumsum(length)]).astype(np.int64)
         if not self.chunks:
             raise ValueError("no rows stored")
+        length = self._len[rows]
+        offsets = np.concatenate([[0], np.cumsum(length)]).astype(np.int64)
         first = self.chunks[0]
         out = np.empty((int(offsets[-1]), *first.shape[1:]), dtype=first.dtype)
-        filled = length > 0
-        for c in np.unique(chunk_of[filled]).tolist():
-            sel = np.flatnonzero(filled & (chunk_of == c))
-            out[gather_packed(np.arange(int(offsets[-1])), offsets[sel], length[sel])] = gather_packed(
-                self.chunks[c], start[sel], length[sel]
+        for sel, values, start, lengths in self.locate(rows):
+            out[gather_packed(np.arange(int(offsets[-1])), offsets[sel], lengths)] = gather_packed(
+                values, start, lengths
             )
         return out, offsets
 
