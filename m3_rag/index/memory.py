@@ -361,6 +361,8 @@ class M3Index:
         """
         store = self._colbert
         if store is not None:
+            if picked:  # a memory-mapped store: start reading every candidate of every query now
+                store.prefetch(np.unique(np.concatenate(picked)))
 
             def from_store(query: np.ndarray, rows: np.ndarray) -> np.ndarray:
                 scores = np.zeros(len(rows), dtype=np.float32)

@@ -6,6 +6,9 @@ gather across chunks with array indexing (a loop over chunks, never over rows or
 
 from __future__ import annotations
 
+import mmap
+import os
+
 import numpy as np
 import scipy.sparse as sp
 
@@ -153,6 +156,27 @@ class PackedRows:
         lengths = self._len[: self._size]
         return lengths if rows is None else lengths[rows]
 
+    def prefetch(self, rows: np.ndarray) -> None:
+        """Ask the kernel to start reading the memory-mapped parts of ``rows`` (no-op elsewhere).
+
+        One ``posix_fadvise(WILLNEED)`` per row queues all the reads at once, so a cold search
+        waits for the disk's parallel reads instead of one page fault after another.
+        """
+        if not hasattr(os, "posix_fadvise"):
+            return
+        for _, values, starts, lengths in self.locate(rows):
+            where = _file_position(values)
+            if where is None:
+                continue
+            filename, position = where
+            row_bytes = values.itemsize * int(np.prod(values.shape[1:], dtype=np.int64))
+            fd = os.open(filename, os.O_RDONLY)
+            try:
+                for start, length in zip((position + starts * row_bytes).tolist(), (lengths * row_bytes).tolist()):
+                    os.posix_fadvise(fd, start, length, os.POSIX_FADV_WILLNEED)
+            finally:
+                os.close(fd)
+
     def gather(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The values of ``rows`` packed in that order, and their offsets (len(rows) + 1)."""
         rows = np.asarray(rows, dtype=np.int64)
@@ -167,6 +191,17 @@ class PackedRows:
                 values, start, lengths
             )
         return out, offsets
+
+
+def _file_position(values: np.ndarray) -> tuple[str, int] | None:
+    """The file behind a C-contiguous memory map and the byte position of its first element."""
+    mapped = getattr(values, "_mmap", None)
+    filename = getattr(values, "filename", None)
+    if mapped is None or filename is None or not values.flags.c_contiguous:
+        return None
+    base = np.frombuffer(mapped, dtype=np.uint8).ctypes.data  # the mapping starts at an aligned offset
+    offset = int(getattr(values, "offset", 0))
+    return str(filename), offset - offset % mmap.ALLOCATIONGRANULARITY + (values.ctypes.data - base)
 
 
 def inverted_index(ids: np.ndarray, weights: np.ndarray, offsets: np.ndarray, vocab_size: int) -> sp.csr_matrix:
