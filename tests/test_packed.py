@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from m3_rag.index.packed import PackedRows
 
@@ -56,3 +58,19 @@ def test_a_memory_mapped_chunk_is_never_copied(tmp_path: Path) -> None:
     got, got_offsets = store.gather(np.array([4, 1]))
     np.testing.assert_array_equal(got[: got_offsets[1]], rows[2])
     np.testing.assert_array_equal(got[got_offsets[1] :], values[3:6])
+
+
+def test_prefetch_asks_for_exactly_the_bytes_of_the_rows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    rows, values, offsets = batch([3, 1, 4, 2], dim=8)
+    np.save(tmp_path / "v.npy", values.astype(np.float16))
+    store = PackedRows()
+    store.append(np.load(tmp_path / "v.npy", mmap_mode="r"), offsets)
+    store.append(*batch([2])[1:])  # an in-memory chunk: nothing to read for it
+    asked: list[tuple[int, int]] = []
+    monkeypatch.setattr(os, "posix_fadvise", lambda fd, start, length, advice: asked.append((start, length)))
+    store.prefetch(np.array([2, 4, 0]))
+    raw = (tmp_path / "v.npy").read_bytes()
+    got = [np.frombuffer(raw[s : s + n], dtype=np.float16).reshape(-1, 8) for s, n in asked]
+    assert len(got) == 2  # rows 0 and 2 of the mapped file; row 4 lives in memory
+    np.testing.assert_array_equal(got[0], rows[2].astype(np.float16))  # in the order asked for
+    np.testing.assert_array_equal(got[1], rows[0].astype(np.float16))
