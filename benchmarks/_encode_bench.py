@@ -73,31 +73,33 @@ class _Server:
 
 
 def _summarise(runs: list[dict[str, Any]], corpora: list[str], modes: list[str]) -> dict[str, Any]:
+    """Medians per (corpus, mode) over every run in the file: those of this invocation first, then
+    the rest, so continuing with ``--corpus passages`` keeps the documents rows."""
     out: dict[str, Any] = {}
-    for name in corpora:
-        for mode in modes:
-            key = f"{name}/{mode}"
-            row: dict[str, Any] = {}
-            for lib, label in LIBS.items():
-                mine = [r for r in runs if r["corpus"] == name and r["modes"] == mode and r["lib"] == lib]
-                if not mine:
-                    continue
-                row[label] = {
-                    "tokens_per_s_median": float(np.median([r["tokens_per_s"] for r in mine])),
-                    "docs_per_s_median": float(np.median([r["docs_per_s"] for r in mine])),
-                    "seconds_median": float(np.median([r["seconds"] for r in mine])),
-                    "peak_rss_mb_median": float(np.median([r["peak_rss_mb"] for r in mine])),
-                    "peak_rss_mb_max": float(max(r["peak_rss_mb"] for r in mine)),
-                    "gpu_peak_allocated_mb_max": max((r.get("gpu_peak_allocated_mb") or 0) for r in mine) or None,
-                    "runs": len(mine),
-                }
-            if len(row) == 2:
-                ratio = row["m3_rag"]["tokens_per_s_median"] / row["flagembedding"]["tokens_per_s_median"]
-                row["ratio_tokens_per_s"] = ratio
-                target = TARGETS.get((name, mode))
-                row["target_ratio"] = target
-                row["target_met"] = None if target is None else ratio >= target
-            out[key] = row
+    recorded = [(r["corpus"], r["modes"]) for r in runs]
+    for name, mode in dict.fromkeys([(c, m) for c in corpora for m in modes] + recorded):
+        key = f"{name}/{mode}"
+        row: dict[str, Any] = {}
+        for lib, label in LIBS.items():
+            mine = [r for r in runs if r["corpus"] == name and r["modes"] == mode and r["lib"] == lib]
+            if not mine:
+                continue
+            row[label] = {
+                "tokens_per_s_median": float(np.median([r["tokens_per_s"] for r in mine])),
+                "docs_per_s_median": float(np.median([r["docs_per_s"] for r in mine])),
+                "seconds_median": float(np.median([r["seconds"] for r in mine])),
+                "peak_rss_mb_median": float(np.median([r["peak_rss_mb"] for r in mine])),
+                "peak_rss_mb_max": float(max(r["peak_rss_mb"] for r in mine)),
+                "gpu_peak_allocated_mb_max": max((r.get("gpu_peak_allocated_mb") or 0) for r in mine) or None,
+                "runs": len(mine),
+            }
+        if len(row) == 2:
+            ratio = row["m3_rag"]["tokens_per_s_median"] / row["flagembedding"]["tokens_per_s_median"]
+            row["ratio_tokens_per_s"] = ratio
+            target = TARGETS.get((name, mode))
+            row["target_ratio"] = target
+            row["target_met"] = None if target is None else ratio >= target
+        out[key] = row
     return out
 
 
@@ -126,9 +128,10 @@ def run_benchmark(
     previous = RESULTS / f"{result_name}.json"
     runs: list[dict[str, Any]] = []
     checks: dict[str, Any] = {}
+    old_setup: dict[str, Any] = {}
     if previous.is_file() and not fresh:
         old = json.loads(previous.read_text(encoding="utf-8"))
-        runs, checks = old.get("runs", []), old.get("checks", {})
+        runs, checks, old_setup = old.get("runs", []), old.get("checks", {}), old.get("setup", {})
     commit = _commit()
     servers = {lib: _Server(_cmd(pythons[lib], lib, ckpt, device, fp16), envs[lib]) for lib in LIBS} if serve else {}
 
@@ -137,7 +140,7 @@ def run_benchmark(
             "checkpoint": {"path": str(ckpt.relative_to(ROOT)), **ARCHS[kind].__dict__, "vocab_size": 250_002},
             "device": device,
             "dtype": "float16" if fp16 else "float32",
-            "corpora": {name: _describe(files[name], name) for name in corpora},
+            "corpora": {**old_setup.get("corpora", {}), **{name: _describe(files[name], name) for name in corpora}},
             "m3_rag_settings": "M3Embedder.from_pretrained(ckpt, device, dtype) defaults; encode(texts) "
             "(dense-only: sparse=False, colbert=False); max_length default = the model's 8192",
             "flagembedding_settings": f"BGEM3FlagModel(ckpt, use_fp16={fp16}, devices={device!r}) default batch_size "

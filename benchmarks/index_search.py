@@ -20,7 +20,7 @@ from disk, as when the file is much larger than RAM (41 GB at 100k documents).
 
 The rerank comparison interleaves the two libraries query by query (FlagEmbedding runs in its
 own environment, in a worker process that stays up): m3-rag reranks from its store (ColBERT
-gathered from the float16 file), FlagEmbedding gets the same vectors as float32 matrices and
+scored straight from the float16 file), FlagEmbedding gets the same vectors as float32 matrices and
 ``{str(token_id): weight}`` dicts, the formats its ``encode`` returns.
 
 Run (about 10-15 minutes on 2 busy cores)::

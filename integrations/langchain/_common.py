@@ -5,7 +5,6 @@ Nothing here imports LangChain, so the cache could serve other frameworks' adapt
 
 from __future__ import annotations
 
-import os
 import threading
 import weakref
 from collections import OrderedDict
@@ -15,7 +14,9 @@ from typing import Any, Literal
 
 import numpy as np
 
-from m3_rag.encoder import DEFAULT_MODEL, M3Embedder
+from m3_rag.encoder import M3Embedder
+
+from .._embedder import resolve_embedder
 
 __all__ = [
     "CACHE_SIZE",
@@ -45,24 +46,6 @@ SCORE_KEYS = {
 }
 
 Kind = Literal["query", "document"]
-
-
-def resolve_embedder(
-    model_name: str | os.PathLike[str] | None,
-    embedder: M3Embedder | None,
-    *,
-    device: str | None = None,
-    dtype: str | None = None,
-) -> M3Embedder:
-    """``embedder`` when given, else the process-wide model for ``model_name`` (:meth:`M3Embedder.shared`)."""
-    if embedder is not None:
-        if not isinstance(embedder, M3Embedder):
-            raise TypeError(
-                f"embedder must be an M3Embedder (from M3Embedder.from_pretrained or .shared), "
-                f"got {type(embedder).__name__}"
-            )
-        return embedder
-    return M3Embedder.shared(model_name or DEFAULT_MODEL, device=device, dtype=dtype)
 
 
 @dataclass(frozen=True)

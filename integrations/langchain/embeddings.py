@@ -58,9 +58,11 @@ class M3Embeddings(BaseModel, Embeddings):
 
     @model_validator(mode="after")
     def _load(self) -> M3Embeddings:
-        if self.embedder is not None and "model_name" not in self.model_fields_set:
+        given = self.embedder is not None
+        name = self.model_name if not given or "model_name" in self.model_fields_set else None
+        self.embedder = resolve_embedder(name, self.embedder, device=self.device, dtype=self.dtype)
+        if given:
             self.model_name = self.embedder.name
-        self.embedder = resolve_embedder(self.model_name, self.embedder, device=self.device, dtype=self.dtype)
         for name in ("max_length", "query_max_length"):
             value = getattr(self, name)
             if value is not None and value > self.embedder.max_length:

@@ -71,9 +71,11 @@ class M3Reranker(BaseDocumentCompressor):
 
     @model_validator(mode="after")
     def _load(self) -> M3Reranker:
-        if self.embedder is not None and "model_name" not in self.model_fields_set:
+        given = self.embedder is not None
+        name = self.model_name if not given or "model_name" in self.model_fields_set else None
+        self.embedder = resolve_embedder(name, self.embedder, device=self.device, dtype=self.dtype)
+        if given:
             self.model_name = self.embedder.name
-        self.embedder = resolve_embedder(self.model_name, self.embedder, device=self.device, dtype=self.dtype)
         return self
 
     def compress_documents(

@@ -19,7 +19,7 @@ from langchain_core.runnables import RunnableConfig
 from langchain_core.runnables.config import get_config_list, run_in_executor
 from pydantic import ConfigDict, Field, field_validator
 
-from m3_rag.encoder import DEFAULT_MODEL, M3Embedder
+from m3_rag.encoder import M3Embedder
 from m3_rag.index import M3Index
 from m3_rag.index.filters import check_filter
 from m3_rag.index.memory import ColbertStorage
@@ -112,7 +112,7 @@ class M3HybridRetriever(BaseRetriever):
         metadatas: Sequence[dict[str, Any] | None] | None = None,
         *,
         ids: Sequence[str] | None = None,
-        model_name: str | os.PathLike[str] = DEFAULT_MODEL,
+        model_name: str | os.PathLike[str] | None = None,
         embedder: M3Embedder | None = None,
         device: str | None = None,
         dtype: str | None = None,
@@ -121,7 +121,8 @@ class M3HybridRetriever(BaseRetriever):
     ) -> M3HybridRetriever:
         """Build an :class:`~m3_rag.M3Index` of ``texts`` and a retriever over it.
 
-        ``model_name``/``embedder``/``device``/``dtype`` pick the model (shared per process);
+        ``model_name`` (default ``"BAAI/bge-m3"``) or an ``embedder``, and ``device``/``dtype``,
+        pick the model (shared per process);
         ``colbert`` is how the index stores ColBERT vectors (``"float16"``, ``"float32"`` or
         ``None`` to re-encode candidates); ``kwargs`` are retriever fields (``k``, ``weights``...).
         """
