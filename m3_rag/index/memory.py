@@ -386,6 +386,7 @@ class M3Index:
 
         return re_encoded
 
+    # ------------------------------------------------------------------ persistence
     def save(self, path: str | Path) -> Path:
         """Write the index to the folder ``path`` atomically (see :mod:`m3_rag.index.storage`)."""
         path = Path(path)
