@@ -119,20 +119,29 @@ def colbert_scores(query: np.ndarray, passages: np.ndarray, offsets: np.ndarray)
 
 
 def colbert_scores_at(
-    query: np.ndarray, vectors: np.ndarray, starts: np.ndarray, lengths: np.ndarray, *, block_rows: int = 1024
+    query: np.ndarray,
+    vectors: np.ndarray,
+    starts: np.ndarray,
+    lengths: np.ndarray,
+    *,
+    scales: np.ndarray | None = None,
+    block_rows: int = 1024,
 ) -> np.ndarray:
     """Late interaction of one query against passages stored anywhere in ``vectors``.
 
     Passage ``j`` owns rows ``vectors[starts[j] : starts[j] + lengths[j]]``. ``vectors`` may be
-    a float16 or float32 memory map: rows are gathered, cast to float32 and multiplied
+    a float32, float16 or int8 memory map (int8 with ``scales``, see :mod:`m3_rag.colbert_codec`):
+    rows are gathered, cast to float32 and multiplied
     ``block_rows`` at a time in buffers that stay in cache, so neither a float32 copy of all
     candidates nor a gathered copy is ever made (that copy, not the arithmetic, used to be most
     of a rerank's time).
 
     Args:
         query: (Lq, d) query vectors.
-        vectors: (N, d) float16 or float32 passage vectors.
+        vectors: (N, d) float32, float16 or int8 passage vectors.
         starts, lengths: (n,) each passage's first row and number of rows (at least one).
+        scales: optional (N,) float32 per-row scales (int8 storage): row ``r`` stands for
+            ``vectors[r] * scales[r]``.
 
     Returns:
         (n,) float32: ``mean over query vectors of max over passage vectors of q . p``.
@@ -155,6 +164,10 @@ def colbert_scores_at(
         raise ValueError(f"vectors must be (N, {np.shape(query)[1]}) like the query, got {vectors.shape}")
     if starts.min() < 0 or int((starts + lengths).max()) > len(vectors):
         raise ValueError(f"passage rows run outside the {len(vectors)} stored vectors")
+    if scales is not None and np.shape(scales) != (len(vectors),):
+        raise ValueError(f"scales must be ({len(vectors)},) like the vectors' rows, got {np.shape(scales)}")
+    if scales is None and vectors.dtype == np.int8:
+        raise ValueError("int8 ColBERT vectors need their per-row scales")
     offsets = np.concatenate([[0], np.cumsum(lengths)])
     total, dim = int(offsets[-1]), vectors.shape[1]
     rows = np.repeat(starts - offsets[:-1], lengths) + np.arange(total)  # source row of each packed row
@@ -163,7 +176,9 @@ def colbert_scores_at(
     width = -(-lq // 8) * 8
     q = torch.zeros((width, dim), dtype=torch.float32)
     q[:lq] = torch.as_tensor(np.asarray(query, dtype=np.float32))
-    source = torch.from_numpy(vectors if vectors.dtype in (np.float16, np.float32) else vectors.astype(np.float32))
+    stored = (np.float16, np.float32, np.int8)
+    source = torch.from_numpy(vectors if vectors.dtype in stored else vectors.astype(np.float32))
+    row_scale = None if scales is None else torch.from_numpy(np.asarray(scales, dtype=np.float32))
     token_scores = torch.empty((total, width), dtype=torch.float32)
     block = max(1, min(block_rows, total))
     gathered = torch.empty((block, dim), dtype=source.dtype)
@@ -177,6 +192,8 @@ def colbert_scores_at(
         if as_float is not None:
             chunk = as_float[: b - a].copy_(chunk)
         torch.mm(chunk, q.T, out=token_scores[a:b])
+        if row_scale is not None:  # q . (s * v) = s * (q . v): scale the (rows, Lq) products, not the vectors
+            token_scores[a:b] *= row_scale[torch.from_numpy(rows[a:b])][:, None]
     best = np.maximum.reduceat(token_scores.numpy()[:, :lq], offsets[:-1], axis=0)  # (n, Lq)
     return (best.sum(axis=1) / np.float32(lq)).astype(np.float32)
 
