@@ -8,7 +8,7 @@ stored values block by block and never makes a float32 copy of all candidates
 
 >>> v = np.array([[0.6, -0.8], [1.0, 0.0]], dtype=np.float32)
 >>> values, scales = quantize(v, "int8")
->>> values.tolist(), (scales * 127).round(3).tolist()
+>>> values.tolist(), [round(float(s) * 127, 3) for s in scales]
 ([[95, -127], [127, 0]], [0.8, 1.0])
 >>> np.abs(dequantize(values, scales) - v).max() < 0.004
 True
@@ -25,7 +25,11 @@ __all__ = ["COLBERT_DTYPES", "ColbertDtype", "bytes_per_token", "check_colbert_d
 #: How ColBERT vectors can be stored.
 ColbertDtype = Literal["float32", "float16", "int8"]
 COLBERT_DTYPES: tuple[str, ...] = get_args(ColbertDtype)
-_NUMPY: dict[str, np.dtype] = {"float32": np.dtype(np.float32), "float16": np.dtype(np.float16), "int8": np.dtype(np.int8)}
+_NUMPY: dict[str, np.dtype] = {
+    "float32": np.dtype(np.float32),
+    "float16": np.dtype(np.float16),
+    "int8": np.dtype(np.int8),
+}
 
 
 def check_colbert_dtype(dtype: object, *, allow_none: bool = False) -> ColbertDtype | None:
