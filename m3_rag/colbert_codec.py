@@ -10,7 +10,7 @@ stored values block by block and never makes a float32 copy of all candidates
 >>> values, scales = quantize(v, "int8")
 >>> values.tolist(), [round(float(s) * 127, 3) for s in scales]
 ([[95, -127], [127, 0]], [0.8, 1.0])
->>> np.abs(dequantize(values, scales) - v).max() < 0.004
+>>> bool(np.abs(dequantize(values, scales) - v).max() < 0.004)
 True
 """
 
