@@ -12,13 +12,16 @@ from .encoder import DEFAULT_MODEL, M3Embedder
 from .errors import CheckpointError, IndexFormatError, MissingHeadError
 from .index import M3Index, MilvusStore, Record
 from .output import EncodedBatch, M3Output
+from .ranking import SearchHit
 from .rerank import RankedText, rerank_texts
-from .retrieval import SearchHit
+from .retrieval import HybridStore
+from .sparse import SparseVector
 
 __all__ = [
     "DEFAULT_MODEL",
     "CheckpointError",
     "EncodedBatch",
+    "HybridStore",
     "IndexFormatError",
     "M3Embedder",
     "M3Index",
@@ -28,6 +31,7 @@ __all__ = [
     "RankedText",
     "Record",
     "SearchHit",
+    "SparseVector",
     "rerank_texts",
 ]
 

@@ -6,13 +6,13 @@
     m3-rag index docs/ --index docs --milvus ./m3.db      # Milvus: --index names the collection
 
 The model comes from ``--model``, else ``$M3_RAG_MODEL``, else the index's own model, else
-``BAAI/bge-m3``. Errors are one line on stderr and a non-zero exit status.
+``BAAI/bge-m3``. Errors are one line on stderr and a non-zero exit status; output cut short by a
+closed pipe (``m3-rag search ... | head -1``) is not an error.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import os
@@ -21,143 +21,90 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .chunking import chunk_text
+from . import __version__
+from .cli_index import CliError, collect_files, index_files
+from .colbert_codec import check_colbert_dtype
 from .encoder import DEFAULT_MODEL, M3Embedder
-from .errors import CheckpointError, IndexFormatError
-from .index import M3Index
-from .index.storage import read_manifest
+from .errors import CheckpointError, IndexFormatError, ModelMismatchError
+from .index.catalog import Catalog
+from .index.folder import IndexFolder
+from .index.m3_index import M3Index
 
 __all__ = ["main"]
 
-SUFFIXES = (".txt", ".md")
 ENV_MODEL = "M3_RAG_MODEL"
 MILVUS_HELP = "store in Milvus instead: a .db file (milvus-lite) or http(s)://host:19530; --index names the collection"
 
 
-class CliError(Exception):
-    """A user error: printed as one line, exit status 1."""
+def _model_name(args: argparse.Namespace, recorded: str | None) -> str:
+    return str(args.model or os.environ.get(ENV_MODEL) or recorded or DEFAULT_MODEL)
 
 
-def _model_name(args: argparse.Namespace, index_dir: Path | None) -> str:
-    if args.model:
-        return str(args.model)
-    if os.environ.get(ENV_MODEL):
-        return os.environ[ENV_MODEL]
-    if index_dir is not None and (index_dir / "manifest.json").is_file():
-        return str(read_manifest(index_dir).get("model") or DEFAULT_MODEL)
-    return DEFAULT_MODEL
+def _say(args: argparse.Namespace, message: str) -> None:
+    """A progress message on an interactive terminal (never in pipes, logs or tests)."""
+    if not getattr(args, "quiet", False) and sys.stderr.isatty():
+        print(f"m3-rag: {message}", file=sys.stderr, flush=True)
 
 
-def _is_index(path: Path) -> bool:
-    return (path / "manifest.json").is_file()
+def _load_model(args: argparse.Namespace, recorded: str | None) -> M3Embedder:
+    name = _model_name(args, recorded)
+    _say(args, f"loading model {name}")
+    return M3Embedder.from_pretrained(name)
 
 
-def _collect_files(paths: Sequence[str]) -> list[Path]:
-    files: list[Path] = []
-    for raw in paths:
-        path = Path(raw)
-        if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in SUFFIXES)
-            files.extend(found)
-        elif path.is_file():
-            if path.suffix.lower() not in SUFFIXES:
-                raise CliError(f"{raw}: only {' and '.join(SUFFIXES)} files are indexed")
-            files.append(path)
-        else:
-            raise CliError(f"{raw}: no such file or folder")
-    return list(dict.fromkeys(p.resolve() for p in files))
-
-
-def _open_index(index_dir: Path, model: str, *, create: bool, colbert: str | None = "float16") -> M3Index:
-    if _is_index(index_dir):
-        manifest = read_manifest(index_dir)
-        embedder = M3Embedder.from_pretrained(model)
-        if manifest.get("model_fingerprint") != embedder.fingerprint:
-            raise CliError(
-                f"{index_dir} was built with model {manifest.get('model')!r}, not {model!r}; "
-                "pass the same --model (or unset M3_RAG_MODEL), or index into a new folder"
-            )
-        return M3Index.load(index_dir, embedder)
-    if not create:
-        raise CliError(f"{index_dir} is not an m3-rag index (no manifest.json); create one with `m3-rag index`")
-    if index_dir.exists() and (not index_dir.is_dir() or any(index_dir.iterdir())):
-        raise CliError(f"{index_dir} exists and is not an m3-rag index; choose an empty or new folder")
-    return M3Index(M3Embedder.from_pretrained(model), colbert=None if colbert == "none" else colbert)  # type: ignore[arg-type]
-
-
-def _open_milvus(args: argparse.Namespace) -> Any:
-    from .index.milvus import MilvusStore
-
-    model = _model_name(args, None)
-    return MilvusStore(M3Embedder.from_pretrained(model), args.milvus, collection=args.index)
-
-
-def _open(args: argparse.Namespace, *, create: bool) -> Any:
-    """The store to use: Milvus (``--milvus URI``, ``--index`` names the collection) or a folder."""
+def _open_store(args: argparse.Namespace, *, create: bool) -> Any:
+    """The store to use: Milvus (``--milvus URI``, ``--index`` names the collection) or an index folder."""
     if args.milvus:
-        return _open_milvus(args)
-    index_dir = Path(args.index)
-    if not create and not _is_index(index_dir):
-        raise CliError(f"{index_dir} is not an m3-rag index (no manifest.json); create one with `m3-rag index`")
-    return _open_index(index_dir, _model_name(args, index_dir), create=create, colbert=getattr(args, "colbert", None))
+        from .index.milvus import MilvusStore, recorded_model
 
-
-def _stored_chunks(store: Any, prefix: str) -> list[Any]:
-    """The stored chunks of one file: ids are ``<path>#0``, ``<path>#1``... without gaps."""
-    found: list[Any] = []
-    page = 256
-    while True:
-        got = store.get([f"{prefix}{n}" for n in range(len(found), len(found) + page)])
-        found.extend(got)
-        if len(got) < page:
-            return found
+        recorded = recorded_model(args.milvus, args.index)
+        if recorded is None and not create:
+            raise CliError(f"{args.milvus} has no collection {args.index!r}; create one with `m3-rag index --milvus`")
+        return MilvusStore(_load_model(args, recorded), args.milvus, collection=args.index)
+    path = Path(args.index)
+    if not IndexFolder.is_index(path):
+        if not create:
+            raise CliError(f"{path} is not an m3-rag index; create one with `m3-rag index`")
+        if path.exists() and (not path.is_dir() or any(path.iterdir())):
+            raise CliError(f"{path} exists and is not an m3-rag index; choose an empty or new folder")
+    embedder = _load_model(args, IndexFolder.model_name(path) if path.is_dir() else None)
+    colbert = getattr(args, "colbert_dtype", "float16")
+    dtype = check_colbert_dtype(None if colbert == "none" else colbert, allow_none=True)
+    try:
+        return M3Index.open(path, embedder, create=create, colbert_dtype=dtype)
+    except ModelMismatchError as exc:
+        raise CliError(
+            f"{exc.where} was built with model {exc.built_with}, not {exc.given}; pass the same --model "
+            f"(or unset {ENV_MODEL}), or index into a new folder"
+        ) from exc
 
 
 def cmd_index(args: argparse.Namespace) -> int:
-    files = _collect_files(args.paths)
-    index = _open(args, create=True)
-    max_tokens = args.chunk_tokens or min(512, index.embedder.passage_max_length)
-    if max_tokens > index.embedder.passage_max_length:
-        raise CliError(
-            f"--chunk-tokens {max_tokens} is more than the model takes ({index.embedder.passage_max_length})"
+    scan = collect_files(args.paths)
+    store = _open_store(args, create=True)
+    limit = store.embedder.passage_max_length
+    chunk_tokens = args.chunk_tokens or min(512, limit)
+    if chunk_tokens > limit:
+        raise CliError(f"--chunk-tokens {chunk_tokens} is more than the model takes ({limit})")
+    try:
+        summary = index_files(
+            store,
+            scan,
+            chunk_tokens=chunk_tokens,
+            overlap=args.overlap,
+            batch_chunks=args.batch_chunks,
+            quiet=args.quiet,
         )
-    texts: list[str] = []
-    ids: list[str] = []
-    metas: list[dict[str, Any]] = []
-    stale: list[str] = []
-    skipped = 0
-    for path in files:
-        try:
-            content = path.read_text(encoding="utf-8")
-        except UnicodeDecodeError as exc:
-            raise CliError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
-        digest = hashlib.sha256(content.encode("utf-8")).hexdigest()
-        prefix = f"{path}#"
-        old = _stored_chunks(index, prefix)
-        if old and all(r.metadata.get("sha256") == digest for r in old):
-            skipped += 1
-            continue
-        stale.extend(r.id for r in old)
-        for n, chunk in enumerate(
-            chunk_text(
-                content, index.embedder.tokenizer, max_tokens=max_tokens, overlap=min(args.overlap, max_tokens - 3)
-            )
-        ):
-            texts.append(chunk.text)
-            ids.append(f"{prefix}{n}")
-            metas.append({"source": str(path), "chunk": n, "start": chunk.start, "end": chunk.end, "sha256": digest})
-    if texts:
-        index.add(texts, ids=ids, metadatas=metas, show_progress=not args.quiet)
-    kept = set(ids)
-    removed = index.delete([i for i in stale if i not in kept])
-    if isinstance(index, M3Index):
-        index.save(Path(args.index))
-    changed = len({m["source"] for m in metas})
+    except KeyboardInterrupt:
+        print(
+            f"m3-rag: interrupted; every committed batch is kept ({len(store)} chunk(s) in the index)", file=sys.stderr
+        )
+        return 130
+    if args.verbose:
+        for note in scan.notes:
+            print(f"m3-rag: {note}", file=sys.stderr)
     where = f"{args.milvus} collection {args.index}" if args.milvus else args.index
-    print(
-        f"indexed {changed} file(s) into {len(texts)} chunk(s), {skipped} unchanged, {removed} old chunk(s) removed; "
-        f"{where} holds {len(index)} chunk(s)"
-    )
+    print(f"{summary}; {where} holds {len(store)} chunk(s)")
     return 0
 
 
@@ -177,28 +124,33 @@ def _snippet(text: str, width: int = 160) -> str:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    weights = _parse_weights(args.weights)
-    index = _open(args, create=False)
-    hits = index.search(
+    from .scoring import normalize_weights
+
+    weights = normalize_weights(_parse_weights(args.weights))
+    args.quiet = args.json or args.quiet
+    store = _open_store(args, create=False)
+    candidates = max(args.candidates, args.k)  # -k beyond the pool widens the pool
+    hits = store.search(
         args.query,
         k=args.k,
-        candidates=args.candidates,
+        candidates=candidates,
         weights=weights,
-        rerank_with=args.rerank_model,
-        rerank_top_n=args.rerank_top_n,
+        cross_encoder=args.cross_encoder,
+        cross_encoder_top_n=args.cross_encoder_top_n,
     )
+    if len(hits) < args.k:
+        print(f"m3-rag: found {len(hits)} hit(s) (asked for {args.k}; the index holds {len(store)})", file=sys.stderr)
     if args.json:
         rows = [
             {
-                "rank": r,
-                "id": h.id,
-                "score": h.score,
-                "scores": h.scores,
-                "source": h.metadata.get("source"),
-                "chunk": h.metadata.get("chunk"),
-                "text": h.text,
+                "rank": rank,
+                "id": hit.id,
+                "score": hit.score,
+                "scores": hit.scores,
+                **{key: hit.metadata.get(key) for key in ("source", "chunk", "start", "end")},
+                "text": hit.text,
             }
-            for r, h in enumerate(hits, 1)
+            for rank, hit in enumerate(hits, 1)
         ]
         print(json.dumps(rows, ensure_ascii=False, indent=2))
         return 0
@@ -219,32 +171,34 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 def cmd_info(args: argparse.Namespace) -> int:
     if args.milvus:
-        store = _open_milvus(args)
+        args.quiet = True
+        store = _open_store(args, create=False)
         info_milvus = {"uri": args.milvus, "collection": args.index, "model": store.embedder.name, "chunks": len(store)}
-        print(
-            json.dumps(info_milvus, indent=2) if args.json else "\n".join(f"{k:18} {v}" for k, v in info_milvus.items())
-        )
+        lines = "\n".join(f"{k:18} {v}" for k, v in info_milvus.items())
+        print(json.dumps(info_milvus, indent=2) if args.json else lines)
         return 0
-    index_dir = Path(args.index)
-    manifest = read_manifest(index_dir)
-    data = index_dir / str(manifest["data"])
-    sources: set[str] = set()
-    with open(data / "documents.jsonl", encoding="utf-8") as f:
-        for line in f:
-            sources.add(str(json.loads(line).get("metadata", {}).get("source", "")))
-    sizes = {name: entry.get("bytes", 0) for name, entry in manifest["files"].items()}
+    path = Path(args.index)
+    IndexFolder.require(path)
+    if not (path / "catalog.sqlite").is_file():
+        raise CliError(f"{path} is in the format of m3-rag 0.1: run `m3-rag search` on it once to upgrade it")
+    catalog = Catalog(path / "catalog.sqlite")
+    try:
+        meta, stats = catalog.meta(), catalog.stats()
+    finally:
+        catalog.close()
     info = {
-        "index": str(index_dir),
-        "model": manifest.get("model"),
-        "model_fingerprint": manifest.get("model_fingerprint"),
-        "format_version": manifest.get("version"),
-        "chunks": manifest.get("count"),
-        "sources": len(sources - {""}),
-        "dense_dim": manifest.get("dim"),
-        "colbert_dim": manifest.get("colbert_dim"),
-        "colbert_storage": manifest.get("colbert"),
-        "bytes": sum(sizes.values()),
-        "files": sizes,
+        "index": str(path),
+        "model": meta.get("model"),
+        "model_fingerprint": meta.get("model_fingerprint"),
+        "format_version": meta.get("version"),
+        "chunks": stats["documents"],
+        "sources": stats["sources"],
+        "segments": stats["segments"],
+        "dense_dim": int(meta.get("dim", "0")),
+        "colbert_dim": int(meta.get("colbert_dim", "0")),
+        "colbert_storage": meta.get("colbert_dtype"),
+        "bytes": sum(stats["files"].values()),
+        "files": stats["files"],
     }
     if args.json:
         print(json.dumps(info, indent=2))
@@ -252,13 +206,14 @@ def cmd_info(args: argparse.Namespace) -> int:
     for key, value in info.items():
         if key != "files":
             print(f"{key:18} {value}")
-    for name, size in sorted(sizes.items()):
+    for name, size in sorted(info["files"].items()):
         print(f"  {name:24} {size / 1e6:10.3f} MB")
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="m3-rag", description="Hybrid BGE-M3 search over your own documents.")
+    parser.add_argument("--version", action="version", version=f"m3-rag {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     model_help = f"model name or folder (default: ${ENV_MODEL}, else the index's model, else {DEFAULT_MODEL})"
 
@@ -269,13 +224,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help=model_help)
     p.add_argument("--chunk-tokens", type=int, default=None, help="max tokens per chunk (default 512)")
     p.add_argument("--overlap", type=int, default=64, help="tokens shared by consecutive chunks (default 64)")
+    p.add_argument("--batch-chunks", type=int, default=256, help="chunks encoded and committed together (default 256)")
     p.add_argument(
-        "--colbert",
-        choices=["float16", "float32", "none"],
+        "--colbert-dtype",
+        choices=["float16", "float32", "int8", "none"],
         default="float16",
         help="how a new index stores ColBERT vectors (none: re-encode candidates at search)",
     )
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.add_argument("-v", "--verbose", action="store_true", help="name every skipped file")
     p.set_defaults(func=cmd_index)
 
     p = sub.add_parser("search", help="search an index")
@@ -286,26 +243,46 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-k", type=int, default=5, help="number of hits (default 5)")
     p.add_argument("--candidates", type=int, default=100, help="first-stage candidates per mode (default 100)")
     p.add_argument("--weights", default="1,1,1", help="dense,sparse,colbert weights (default 1,1,1)")
-    p.add_argument("--rerank-model", help="cross-encoder for a final stage, e.g. BAAI/bge-reranker-v2-m3")
-    p.add_argument("--rerank-top-n", type=int, default=None, help="hybrid hits the cross-encoder sees (default: -k)")
+    p.add_argument("--cross-encoder", help="cross-encoder for a final stage, e.g. BAAI/bge-reranker-v2-m3")
+    p.add_argument(
+        "--cross-encoder-top-n", type=int, default=None, help="hybrid hits the cross-encoder sees (default -k)"
+    )
     p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("-q", "--quiet", action="store_true", help="no messages on stderr")
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("info", help="describe an index")
     p.add_argument("--index", required=True, metavar="DIR")
     p.add_argument("--milvus", metavar="URI", help=MILVUS_HELP)
-    p.add_argument("--model", help="model of a Milvus collection (default: $M3_RAG_MODEL, else BAAI/bge-m3)")
+    p.add_argument("--model", help="model of a Milvus collection (default: the one it was made with)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_info)
     return parser
 
 
+def _join_values(argv: list[str]) -> list[str]:
+    """``--weights -1,1,1`` -> ``--weights=-1,1,1`` (argparse would take the value for an option)."""
+    out: list[str] = []
+    it = iter(argv)
+    for arg in it:
+        if arg == "--weights":
+            value = next(it, None)
+            out.append(arg if value is None else f"{arg}={value}")
+        else:
+            out.append(arg)
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``m3-rag`` console script."""
     logging.basicConfig(level=logging.WARNING, format="m3-rag: %(message)s")
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(_join_values(list(sys.argv[1:] if argv is None else argv)))
     try:
         return int(args.func(args))
+    except BrokenPipeError:  # the reader went away (| head): not an error
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
     except (
         CliError,
         CheckpointError,

@@ -11,20 +11,19 @@ from __future__ import annotations
 import dataclasses
 import json
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from .retrieval import SearchHit, top_k
+from .ranking import SearchHit, top_k
 
 __all__ = [
     "CrossEncoderLike",
     "apply_cross_encoder",
     "cross_encoder_scores",
     "load_cross_encoder",
-    "search_with_final_stage",
     "write_sentence_transformers_config",
 ]
 
@@ -58,7 +57,7 @@ def load_cross_encoder(model: str | CrossEncoderLike, *, device: str | None = No
     if not isinstance(model, (str, Path)):
         if not isinstance(model, CrossEncoderLike):
             raise TypeError(
-                "rerank_with must be a model name, a folder or an object with predict(pairs), "
+                "cross_encoder must be a model name, a folder or an object with predict(pairs), "
                 f"got {type(model).__name__}"
             )
         return model
@@ -105,25 +104,6 @@ def apply_cross_encoder(
         )
         for i in top_k(values, k or len(hits)).tolist()
     ]
-
-
-def search_with_final_stage(
-    search_batch: Callable[..., list[list[SearchHit]]],
-    queries: list[str],
-    *,
-    k: int,
-    rerank_with: str | CrossEncoderLike,
-    rerank_top_n: int | None,
-    **kwargs: Any,
-) -> list[list[SearchHit]]:
-    """Run a store's ``search_batch`` for the best ``rerank_top_n`` (default ``k``) hybrid hits,
-    then let the cross-encoder pick the best ``k`` of them (what ``rerank_with=`` does)."""
-    top_n = k if rerank_top_n is None else rerank_top_n
-    if isinstance(top_n, bool) or not isinstance(top_n, int) or top_n < 1:
-        raise ValueError(f"rerank_top_n must be an int >= 1 or None, got {rerank_top_n!r}")
-    load_cross_encoder(rerank_with)  # a bad rerank_with fails before the search runs
-    staged = search_batch(queries, k=max(k, top_n), **kwargs)
-    return [apply_cross_encoder(rerank_with, q, hits[:top_n], k=k) for q, hits in zip(queries, staged)]
 
 
 def write_sentence_transformers_config(folder: str | Path, *, max_seq_length: int = 8192) -> Path:

@@ -19,6 +19,8 @@ from .devices import resolve_device, resolve_dtype
 from .model import M3Model, load_model, model_fingerprint
 from .output import EncodedBatch, M3Output
 from .pair_scores import compute_pair_scores
+from .records import check_texts
+from .sparse import SparseVector
 from .tokenizer import M3Tokenizer
 
 __all__ = ["CPU_BATCH_TOKENS", "DEFAULT_MODEL", "M3Embedder"]
@@ -33,17 +35,7 @@ _SHARED: dict[tuple[str, str, str], M3Embedder] = {}
 _SHARED_LOCK = threading.Lock()
 
 
-def _check_texts(texts: str | Sequence[str]) -> list[str]:
-    if texts is None:
-        raise TypeError("texts must be a str or a list of str, got None")
-    if isinstance(texts, str):
-        return [texts]
-    if isinstance(texts, (bytes, bytearray)) or not isinstance(texts, Sequence):
-        raise TypeError(f"texts must be a str or a sequence of str, got {type(texts).__name__}")
-    for i, text in enumerate(texts):
-        if not isinstance(text, str):
-            raise TypeError(f"texts[{i}] must be a str, got {type(text).__name__}: {text!r:.80}")
-    return list(texts)
+_check_texts = check_texts  # the one check of texts (lone surrogates refused): m3_rag.records
 
 
 class M3Embedder:
@@ -343,7 +335,7 @@ class M3Embedder:
         items = _check_texts(texts)
         n = len(items)
         dense_out = np.zeros((n, self.dim), dtype=np.float32) if dense else None
-        sparse_out: list[dict[int, float]] | None = [{}] * n if sparse else None
+        sparse_out: list[SparseVector] | None = [SparseVector.empty()] * n if sparse else None
         colbert_out: list[np.ndarray] | None = (
             [np.zeros((0, self.colbert_dim or 0), np.float32)] * n if colbert else None
         )
@@ -360,7 +352,7 @@ class M3Embedder:
             if dense_out is not None and batch.dense is not None:
                 dense_out[batch.indices] = batch.dense
             if sparse_out is not None:
-                for i, weights in zip(positions, batch.sparse_dicts()):
+                for i, weights in zip(positions, batch.sparse_vectors()):
                     sparse_out[i] = weights
             if colbert_out is not None:
                 for i, vectors in zip(positions, batch.colbert_list()):

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .sparse import SparseVector, split_packed
+
 __all__ = ["EncodedBatch", "M3Output"]
 
 
@@ -15,14 +17,15 @@ class M3Output:
 
     Attributes:
         dense: float32 array (n, d) of unit vectors, or None when not asked for.
-        sparse: one ``{token_id: weight}`` dict per text (special tokens dropped, the max weight
-            of repeated ids, only weights > 0), or None.
+        sparse: one :class:`~m3_rag.sparse.SparseVector` per text (a read-only
+            ``{token_id: weight}`` mapping: special tokens dropped, the max weight of repeated ids,
+            only weights > 0), or None.
         colbert: one float32 array (n_tokens_i - 1, d) of unit vectors per text (``<s>``
             dropped, ``</s>`` kept), or None.
     """
 
     dense: np.ndarray | None = None
-    sparse: list[dict[int, float]] | None = None
+    sparse: list[SparseVector] | None = None
     colbert: list[np.ndarray] | None = None
 
     def __len__(self) -> int:
@@ -57,13 +60,11 @@ class EncodedBatch:
     def __len__(self) -> int:
         return len(self.indices)
 
-    def sparse_dicts(self) -> list[dict[int, float]]:
-        """The sparse weights as one ``{token_id: weight}`` dict per text."""
+    def sparse_vectors(self) -> list[SparseVector]:
+        """The sparse weights as one :class:`~m3_rag.sparse.SparseVector` per text."""
         if self.sparse_offsets is None or self.sparse_ids is None or self.sparse_weights is None:
             raise ValueError("this batch was encoded without sparse=True")
-        ids = _split(self.sparse_ids, self.sparse_offsets)
-        weights = _split(self.sparse_weights, self.sparse_offsets)
-        return [dict(zip(i.tolist(), w.tolist())) for i, w in zip(ids, weights)]
+        return split_packed(self.sparse_ids, self.sparse_weights, self.sparse_offsets)
 
     def colbert_list(self) -> list[np.ndarray]:
         """The ColBERT vectors as one (n_tokens_i - 1, d) array per text (views, no copy)."""

@@ -1,97 +1,53 @@
-"""The retrieval pipeline shared by every store: first-stage candidates, exact hybrid rerank, hits.
+"""The one search pipeline of every store: :class:`HybridStore`.
 
-A store supplies, for one query, the dense and lexical scores of its candidates and their
-ColBERT vectors (stored, or re-encoded from the texts); this module turns them into ranked
-:class:`SearchHit` objects with the reference formulas of :mod:`m3_rag.scoring`.
+``search_batch`` is written once, here: it checks the arguments, encodes the queries (outside
+every store lock), asks the store for each query's first-stage candidates with their dense,
+lexical and (when the store keeps them) ColBERT scores, scores ColBERT for the candidates of
+stores that do not keep the vectors (from an encoding store, or by re-encoding their texts,
+once per distinct text and still outside every lock), reranks with the exact hybrid formula,
+and runs the optional cross-encoder stage on the best hits -- without calling the store again.
+
+A store implements storage only: ``add`` / ``add_encoded`` / ``delete`` / ``get`` / ``__len__``
+and :meth:`HybridStore._candidates`. Queries are searched in blocks (see
+:meth:`HybridStore._query_block`) so that memory stays bounded however many queries come in.
 """
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .scoring import Weights, hybrid_scores, normalize_weights
+from .cross_encoder import CrossEncoderLike, apply_cross_encoder, load_cross_encoder
+from .errors import IndexFormatError
+from .filters import Filter, parse_filter
+from .ranking import SearchHit, make_hits, rerank, top_k
+from .records import Record, check_queries
+from .scoring import Weights, colbert_scores_at, normalize_weights
+from .sparse import SparseVector
+
+if TYPE_CHECKING:
+    from .encoder import M3Embedder
+    from .output import M3Output
 
 __all__ = [
     "FIRST_STAGES",
+    "Candidates",
     "HybridStore",
+    "QueryBatch",
     "SearchHit",
+    "SearchRequest",
     "check_first_stage",
-    "check_search_args",
-    "make_hits",
-    "rerank",
     "top_k",
 ]
 
 #: Modes that can pick first-stage candidates.
 FIRST_STAGES = ("dense", "sparse")
-
-
-@dataclass(frozen=True)
-class SearchHit:
-    """One search result.
-
-    Attributes:
-        id: the document id.
-        text: the document text.
-        metadata: the document metadata (a copy: changing it changes nothing in the store).
-        score: the hybrid score ``(w_d*dense + w_s*sparse + w_c*colbert) / (w_d + w_s + w_c)``.
-        scores: the per-mode scores ``{"dense": ..., "sparse": ..., "colbert": ...}``.
-    """
-
-    id: str
-    text: str
-    metadata: dict[str, Any] = field(default_factory=dict)
-    score: float = 0.0
-    scores: dict[str, float] = field(default_factory=dict)
-
-
-@runtime_checkable
-class HybridStore(Protocol):
-    """What retrievers need from a store: :class:`~m3_rag.M3Index` and the Milvus store both are one."""
-
-    embedder: Any
-
-    def __len__(self) -> int: ...
-
-    def add(
-        self,
-        texts: Sequence[str],
-        *,
-        ids: Sequence[str] | None = None,
-        metadatas: Sequence[Mapping[str, Any] | None] | None = None,
-    ) -> list[str]: ...
-
-    def delete(self, ids: Sequence[str]) -> int: ...
-
-    def search(
-        self,
-        query: str,
-        *,
-        k: int = 10,
-        candidates: int = 100,
-        first_stage: str | Sequence[str] = ("dense", "sparse"),
-        weights: Sequence[float] = (1.0, 1.0, 1.0),
-        filter: Mapping[str, Any] | None = None,
-        rerank_with: Any = None,
-        rerank_top_n: int | None = None,
-    ) -> list[SearchHit]: ...
-
-    def search_batch(
-        self,
-        queries: Sequence[str],
-        *,
-        k: int = 10,
-        candidates: int = 100,
-        first_stage: str | Sequence[str] = ("dense", "sparse"),
-        weights: Sequence[float] = (1.0, 1.0, 1.0),
-        filter: Mapping[str, Any] | None = None,
-        rerank_with: Any = None,
-        rerank_top_n: int | None = None,
-    ) -> list[list[SearchHit]]: ...
+#: Queries searched together at most (query ColBERT vectors take up to 2 MB each at 1024 dims).
+MAX_QUERY_BLOCK = 256
 
 
 def check_first_stage(first_stage: str | Sequence[str]) -> tuple[str, ...]:
@@ -106,79 +62,266 @@ def check_first_stage(first_stage: str | Sequence[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(stages))
 
 
-def check_search_args(
-    k: int, candidates: int, first_stage: str | Sequence[str], weights: Sequence[float]
-) -> tuple[tuple[str, ...], Weights]:
-    """Validate the common search arguments; returns the normalised first stage and weights."""
-    for name, value in (("k", k), ("candidates", candidates)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-            raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-    return check_first_stage(first_stage), normalize_weights(weights)
+def _check_count(name: str, value: Any, *, allow_none: bool = False) -> int | None:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be an int >= 1{' or None' if allow_none else ''}, got {value!r}")
+    return int(value)
 
 
-def top_k(scores: np.ndarray, k: int) -> np.ndarray:
-    """Positions of the ``k`` largest finite scores, best first (ties: lower position first).
+@dataclass(frozen=True)
+class SearchRequest:
+    """Checked search arguments, as a store's first stage receives them.
 
-    >>> top_k(np.array([0.1, 0.9, -np.inf, 0.9, 0.5]), 3).tolist()
-    [1, 3, 4]
+    ``limit`` is how many hits the rerank keeps per query: ``k``, or the cross-encoder's
+    ``cross_encoder_top_n`` when that is larger.
     """
-    finite = np.flatnonzero(np.isfinite(scores))
-    if len(finite) > k:
-        part = np.argpartition(-scores[finite], k - 1)[:k]
-        # keep everything tied with the k-th score so that ties resolve by position
-        threshold = scores[finite[part]].min()
-        finite = finite[scores[finite] >= threshold]
-    order = np.lexsort((finite, -scores[finite]))
-    return finite[order][:k]
 
+    k: int
+    candidates: int
+    first_stage: tuple[str, ...]
+    weights: Weights
+    filter: Filter | None
+    cross_encoder_top_n: int | None = None
 
-def rerank(
-    dense: np.ndarray,
-    sparse: np.ndarray,
-    colbert: np.ndarray,
-    *,
-    weights: Weights,
-    k: int,
-) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
-    """Exact hybrid scores of ``c`` candidates and the best ``k`` of them.
-
-    Args:
-        dense, sparse, colbert: (c,) each candidate's dense, lexical and ColBERT score (see
-            :func:`m3_rag.scoring.colbert_scores_at` for ColBERT from a store).
-        weights: ``(w_dense, w_sparse, w_colbert)``.
-
-    Returns:
-        ``(order, hybrid, per_mode)``: positions of the best ``k`` candidates, best first; the
-        (c,) hybrid scores; ``{"dense", "sparse", "colbert"}`` -> (c,) scores.
-
-    >>> order, hybrid, _ = rerank(np.array([0.5, 0.9]), np.array([0.1, 0.0]), np.array([0.6, 0.6]),
-    ...                           weights=(1.0, 1.0, 1.0), k=1)
-    >>> order.tolist(), hybrid.round(3).tolist()
-    ([1], [0.4, 0.5])
-    """
-    hybrid = hybrid_scores(dense, sparse, colbert, weights)
-    per_mode = {"dense": np.asarray(dense), "sparse": np.asarray(sparse), "colbert": np.asarray(colbert)}
-    return top_k(hybrid, k), hybrid, per_mode
-
-
-def make_hits(
-    positions: np.ndarray,
-    hybrid: np.ndarray,
-    per_mode: Mapping[str, np.ndarray],
-    ids: Sequence[str],
-    texts: Sequence[str],
-    metadatas: Sequence[dict[str, Any]],
-) -> list[SearchHit]:
-    """Build :class:`SearchHit` objects for ``positions`` into the candidate arrays."""
-    import copy
-
-    return [
-        SearchHit(
-            id=ids[p],
-            text=texts[p],
-            metadata=copy.deepcopy(metadatas[p]),
-            score=float(hybrid[p]),
-            scores={mode: float(values[p]) for mode, values in per_mode.items()},
+    @classmethod
+    def make(
+        cls,
+        *,
+        k: int,
+        candidates: int,
+        first_stage: str | Sequence[str],
+        weights: Sequence[float],
+        filter: Mapping[str, Any] | Filter | None,
+        cross_encoder_top_n: int | None = None,
+    ) -> SearchRequest:
+        return cls(
+            k=_check_count("k", k) or 1,
+            candidates=_check_count("candidates", candidates) or 1,
+            first_stage=check_first_stage(first_stage),
+            weights=normalize_weights(weights),
+            filter=parse_filter(filter),
+            cross_encoder_top_n=_check_count("cross_encoder_top_n", cross_encoder_top_n, allow_none=True),
         )
-        for p in positions.tolist()
-    ]
+
+    @property
+    def limit(self) -> int:
+        return max(self.k, self.cross_encoder_top_n or 0)
+
+
+@dataclass(frozen=True)
+class QueryBatch:
+    """Encoded queries: ``dense`` (m, d) float32, one :class:`SparseVector` and one (Lq, d) ColBERT
+    matrix per query."""
+
+    dense: np.ndarray
+    sparse: list[SparseVector]
+    colbert: list[np.ndarray]
+
+    def __len__(self) -> int:
+        return len(self.sparse)
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """One query's candidates, as a store returns them (``c`` candidates, any order).
+
+    ``dense``, ``sparse`` and ``colbert`` are (c,) scores; ``colbert`` is None when the store
+    does not keep ColBERT vectors (the pipeline then scores the texts).
+    """
+
+    ids: list[str]
+    texts: list[str]
+    metadatas: list[dict[str, Any]]
+    dense: np.ndarray
+    sparse: np.ndarray
+    colbert: np.ndarray | None = None
+
+    @classmethod
+    def empty(cls) -> Candidates:
+        none = np.zeros(0, np.float32)
+        return cls([], [], [], none, none, none)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+class HybridStore(ABC):
+    """Base class of every store: storage methods to implement, and the one search pipeline.
+
+    A store is truthy even when empty (frameworks treat a falsy vector store as absent).
+    """
+
+    embedder: M3Embedder
+
+    # ------------------------------------------------------------------ storage (per store)
+    @abstractmethod
+    def __len__(self) -> int: ...
+
+    @abstractmethod
+    def add(
+        self,
+        texts: str | Sequence[str],
+        *,
+        ids: Sequence[str] | None = None,
+        metadatas: Sequence[Mapping[str, Any] | None] | None = None,
+        batch_size: int | None = None,
+        show_progress: bool | None = None,
+    ) -> list[str]:
+        """Encode and store texts (an id already stored is replaced); returns the ids."""
+
+    @abstractmethod
+    def add_encoded(
+        self,
+        texts: Sequence[str],
+        output: M3Output,
+        *,
+        ids: Sequence[str] | None = None,
+        metadatas: Sequence[Mapping[str, Any] | None] | None = None,
+    ) -> list[str]:
+        """Store texts whose dense, sparse and ColBERT outputs were computed already (no model pass)."""
+
+    @abstractmethod
+    def delete(self, ids: str | Sequence[str]) -> int:
+        """Remove documents by id; returns how many were stored (unknown ids are ignored)."""
+
+    @abstractmethod
+    def get(self, ids: str | Sequence[str]) -> list[Record]:
+        """The stored documents with these ids, in the order asked; unknown ids are skipped."""
+
+    @abstractmethod
+    def _candidates(self, queries: QueryBatch, request: SearchRequest) -> list[Candidates]:
+        """First stage for every query: the union of the dense and/or sparse top-``candidates``
+        among the documents that pass ``request.filter``, with their scores."""
+
+    def _query_block(self) -> int:
+        """How many queries to search together (a store whose first stage makes (queries x
+        documents) score matrices returns fewer, to bound memory)."""
+        return MAX_QUERY_BLOCK
+
+    def _colbert_scores(self, queries: Sequence[np.ndarray], texts: Sequence[Sequence[str]]) -> list[np.ndarray]:
+        """ColBERT scores of candidates given by text (for stores that keep no ColBERT vectors):
+        every distinct text is encoded once for the whole block of queries."""
+        unique = list(dict.fromkeys(t for group in texts for t in group))
+        if not unique:
+            return [np.zeros(0, np.float32) for _ in texts]
+        out = self.embedder.encode_documents(unique, dense=False, sparse=False, colbert=True)
+        assert out.colbert is not None
+        lengths = np.array([len(m) for m in out.colbert], dtype=np.int64)
+        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+        vectors = np.concatenate(out.colbert)
+        where = {t: i for i, t in enumerate(unique)}
+        result = []
+        for query, group in zip(queries, texts):
+            pos = np.fromiter((where[t] for t in group), dtype=np.int64, count=len(group))
+            result.append(colbert_scores_at(query, vectors, starts[pos], lengths[pos]))
+        return result
+
+    def __bool__(self) -> bool:
+        return True
+
+    # ------------------------------------------------------------------ the pipeline
+    def search(
+        self,
+        query: str,
+        *,
+        k: int = 10,
+        candidates: int = 100,
+        first_stage: str | Sequence[str] = FIRST_STAGES,
+        weights: Sequence[float] = (1.0, 1.0, 1.0),
+        filter: Mapping[str, Any] | None = None,
+        cross_encoder: str | CrossEncoderLike | None = None,
+        cross_encoder_top_n: int | None = None,
+    ) -> list[SearchHit]:
+        """The ``k`` best documents for ``query`` by hybrid score (see :meth:`search_batch`)."""
+        if not isinstance(query, str):
+            raise TypeError(f"query must be a str, got {type(query).__name__}; use search_batch for several")
+        return self.search_batch(
+            [query],
+            k=k,
+            candidates=candidates,
+            first_stage=first_stage,
+            weights=weights,
+            filter=filter,
+            cross_encoder=cross_encoder,
+            cross_encoder_top_n=cross_encoder_top_n,
+        )[0]
+
+    def search_batch(
+        self,
+        queries: Sequence[str],
+        *,
+        k: int = 10,
+        candidates: int = 100,
+        first_stage: str | Sequence[str] = FIRST_STAGES,
+        weights: Sequence[float] = (1.0, 1.0, 1.0),
+        filter: Mapping[str, Any] | None = None,
+        cross_encoder: str | CrossEncoderLike | None = None,
+        cross_encoder_top_n: int | None = None,
+    ) -> list[list[SearchHit]]:
+        """Search several queries: first-stage candidates, exact hybrid rerank, optional cross-encoder.
+
+        Args:
+            queries: the query texts (encoded together, in blocks).
+            k: hits per query.
+            candidates: how many the first stage takes from each of its modes.
+            first_stage: ``"dense"``, ``"sparse"`` or both (the union of their candidates).
+            weights: ``(w_dense, w_sparse, w_colbert)`` of the hybrid score.
+            filter: a metadata filter (see :mod:`m3_rag.filters`), e.g. ``{"lang": "en"}``.
+            cross_encoder: an optional final stage: a cross-encoder (``sentence_transformers.CrossEncoder``
+                or a model name such as ``"BAAI/bge-reranker-v2-m3"``) that reorders the best
+                ``cross_encoder_top_n`` hybrid hits (default ``k``); the hit's ``score`` becomes the
+                cross-encoder's and ``scores`` keeps ``"hybrid"`` and ``"cross_encoder"``.
+
+        Returns:
+            One list of :class:`SearchHit` per query, best first. With ``candidates`` at least
+            the number of documents (and an exact first stage), the hits and scores equal
+            exhaustive ``compute_score``.
+        """
+        items = check_queries(queries)
+        request = SearchRequest.make(
+            k=k,
+            candidates=candidates,
+            first_stage=first_stage,
+            weights=weights,
+            filter=filter,
+            cross_encoder_top_n=cross_encoder_top_n,
+        )
+        final = load_cross_encoder(cross_encoder) if cross_encoder is not None else None  # fail before searching
+        results: list[list[SearchHit]] = []
+        block = max(1, int(self._query_block()))
+        for start in range(0, len(items), block):
+            chunk = items[start : start + block]
+            hits = self._search_block(chunk, request)
+            if final is not None:
+                top_n = request.cross_encoder_top_n or request.k
+                hits = [apply_cross_encoder(final, q, found[:top_n], k=request.k) for q, found in zip(chunk, hits)]
+            results.extend(hits)
+        return results
+
+    def _search_block(self, queries: list[str], request: SearchRequest) -> list[list[SearchHit]]:
+        out = self.embedder.encode_queries(queries, dense=True, sparse=True, colbert=True)
+        assert out.dense is not None and out.sparse is not None and out.colbert is not None
+        encoded = QueryBatch(out.dense, [SparseVector.from_dict(s) for s in out.sparse], list(out.colbert))
+        found = self._candidates(encoded, request)
+        missing = [j for j, c in enumerate(found) if c.colbert is None and len(c)]
+        late = self._colbert_scores([encoded.colbert[j] for j in missing], [found[j].texts for j in missing])
+        colbert = {j: scores for j, scores in zip(missing, late)}
+        results: list[list[SearchHit]] = []
+        for j, cands in enumerate(found):
+            if len(cands) == 0:
+                results.append([])
+                continue
+            scores = colbert[j] if cands.colbert is None else cands.colbert
+            order, hybrid, per_mode = rerank(
+                cands.dense, cands.sparse, scores, weights=request.weights, k=request.limit
+            )
+            if not np.all(np.isfinite(hybrid)):
+                bad = [cands.ids[i] for i in np.flatnonzero(~np.isfinite(hybrid))[:5].tolist()]
+                raise IndexFormatError(
+                    f"{self!r} holds vectors that give non-finite scores (documents {bad}); the store's files "
+                    "are damaged: re-index those documents"
+                )
+            results.append(make_hits(order, hybrid, per_mode, cands.ids, cands.texts, cands.metadatas))
+        return results

@@ -13,11 +13,13 @@ never a Python loop over tokens or pairs. The formulas are those of FlagEmbeddin
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import scipy.sparse as sp
 import torch
+
+from .sparse import stack_csr
 
 # torch.from_numpy warns about read-only arrays (a memory-mapped index); they are only read here
 warnings.filterwarnings("ignore", message="The given NumPy array is not writable", module=__name__)
@@ -64,24 +66,16 @@ def dense_scores(query: np.ndarray, passages: np.ndarray) -> np.ndarray:
     return np.asarray(query, dtype=np.float32) @ np.asarray(passages, dtype=np.float32).T
 
 
-def sparse_to_csr(weights: Sequence[dict[int, float]], vocab_size: int) -> sp.csr_matrix:
-    """Stack ``{token_id: weight}`` dicts into a float32 CSR matrix (n, vocab_size).
+def sparse_to_csr(weights: Sequence[Mapping[int, float]], vocab_size: int) -> sp.csr_matrix:
+    """Stack sparse vectors into a float32 CSR (n, vocab_size): :func:`m3_rag.sparse.stack_csr`.
 
     >>> sparse_to_csr([{3: 0.5}, {}, {1: 1.0, 3: 2.0}], vocab_size=4).toarray().tolist()
     [[0.0, 0.0, 0.0, 0.5], [0.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 2.0]]
     """
-    counts = np.fromiter((len(w) for w in weights), dtype=np.int64, count=len(weights))
-    indptr = np.concatenate([[0], np.cumsum(counts)])
-    indices = np.fromiter((k for w in weights for k in w), dtype=np.int64, count=int(indptr[-1]))
-    data = np.fromiter((v for w in weights for v in w.values()), dtype=np.float32, count=int(indptr[-1]))
-    if len(indices) and (indices.min() < 0 or indices.max() >= vocab_size):
-        raise ValueError(f"sparse token ids must lie in [0, {vocab_size}), got {indices.min()}..{indices.max()}")
-    matrix = sp.csr_matrix((data, indices, indptr), shape=(len(weights), vocab_size))
-    matrix.sum_duplicates()
-    return matrix
+    return stack_csr(weights, vocab_size)
 
 
-def lexical_scores(query: dict[int, float], passages: sp.csr_matrix) -> np.ndarray:
+def lexical_scores(query: Mapping[int, float], passages: sp.csr_matrix) -> np.ndarray:
     """Lexical matching: ``sum over shared ids of w_q * w_p``; query dict vs CSR (n, V) -> (n,).
 
     >>> P = sparse_to_csr([{1: 0.5, 2: 1.0}, {3: 2.0}], vocab_size=5)

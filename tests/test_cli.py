@@ -74,7 +74,8 @@ def test_text_output_and_weights(built) -> None:
 def test_rerank_model(built) -> None:
     _, index = built
     ce = ROOT / "tests" / "data" / "tiny-cross-encoder"
-    args = ("search", "capital", "--index", str(index), "-k", "2", "--rerank-model", str(ce), "--rerank-top-n", "5")
+    args = ("search", "capital", "--index", str(index), "-k", "2", "--cross-encoder", str(ce))
+    args = (*args, "--cross-encoder-top-n", "5")
     result = m3_rag(*args, "--json")
     assert result.returncode == 0, result.stderr
     hits = json.loads(result.stdout)

@@ -28,7 +28,7 @@ CORPUS = [
 
 @pytest.fixture(scope="module")
 def index() -> M3Index:
-    idx = M3Index(M3Embedder.shared(DATA / "tiny-m3"), colbert="float32")
+    idx = M3Index(M3Embedder.shared(DATA / "tiny-m3"), colbert_dtype="float32")
     idx.add(CORPUS, ids=[f"d{i}" for i in range(len(CORPUS))])
     return idx
 
@@ -44,7 +44,7 @@ def cross_encoder() -> CrossEncoder:
 def test_final_stage_orders_the_top_n_by_predict(index, cross_encoder, top_n) -> None:
     query = "capital of Germany"
     hybrid = index.search(query, k=len(CORPUS))
-    final = index.search(query, k=3, rerank_with=cross_encoder, rerank_top_n=top_n)
+    final = index.search(query, k=3, cross_encoder=cross_encoder, cross_encoder_top_n=top_n)
     seen = hybrid[:top_n]
     predicted = cross_encoder.predict([(query, h.text) for h in seen])
     expected = [seen[i].id for i in np.argsort(-predicted, kind="stable")[:3]]
@@ -58,18 +58,18 @@ def test_final_stage_orders_the_top_n_by_predict(index, cross_encoder, top_n) ->
 
 def test_model_name_and_batch(index) -> None:
     queries = ["capital of Germany", "vector database"]
-    batch = index.search_batch(queries, k=2, rerank_with=str(CE), rerank_top_n=4)
-    single = [index.search(q, k=2, rerank_with=str(CE), rerank_top_n=4) for q in queries]
+    batch = index.search_batch(queries, k=2, cross_encoder=str(CE), cross_encoder_top_n=4)
+    single = [index.search(q, k=2, cross_encoder=str(CE), cross_encoder_top_n=4) for q in queries]
     assert [[h.id for h in hits] for hits in batch] == [[h.id for h in hits] for hits in single]
     assert all(len(hits) == 2 for hits in batch)
 
 
 def test_apply_on_no_hits_and_bad_arguments(index, cross_encoder) -> None:
     assert apply_cross_encoder(cross_encoder, "q", []) == []
-    with pytest.raises(ValueError, match="rerank_top_n"):
-        index.search("q", rerank_with=cross_encoder, rerank_top_n=0)
-    with pytest.raises(TypeError, match="rerank_with must be"):
-        index.search("q", rerank_with=42)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="cross_encoder_top_n"):
+        index.search("q", cross_encoder=cross_encoder, cross_encoder_top_n=0)
+    with pytest.raises(TypeError, match="cross_encoder must be"):
+        index.search("q", cross_encoder=42)  # type: ignore[arg-type]
 
 
 def test_missing_sentence_transformers_names_the_extra(monkeypatch) -> None:
@@ -124,12 +124,12 @@ def test_framework_adapters_take_the_final_stage(index, cross_encoder) -> None:
     top4 = [h.text for h in index.search(query, k=4)]
     expected = _expected(cross_encoder, query, top4, 2)
 
-    docs = M3HybridRetriever(index=index, k=2, rerank_with=cross_encoder, rerank_top_n=4).invoke(query)
+    docs = M3HybridRetriever(index=index, k=2, cross_encoder=cross_encoder, cross_encoder_top_n=4).invoke(query)
     assert [d.page_content for d in docs] == expected
     assert docs[0].metadata["relevance_score"] == docs[0].metadata["cross_encoder_score"]
     assert "hybrid_score" in docs[0].metadata
 
-    nodes = M3Retriever(index, similarity_top_k=2, rerank_with=cross_encoder, rerank_top_n=4).retrieve(query)
+    nodes = M3Retriever(index, similarity_top_k=2, cross_encoder=cross_encoder, cross_encoder_top_n=4).retrieve(query)
     assert [n.node.get_content() for n in nodes] == expected
     assert nodes[0].score == nodes[0].node.metadata["cross_encoder_score"]
 
@@ -151,8 +151,8 @@ def test_milvus_store_takes_the_final_stage(index, cross_encoder, tmp_path) -> N
     store = MilvusStore(index.embedder, str(tmp_path / "m3.db"), collection="ce")
     store.add(CORPUS, ids=[f"d{i}" for i in range(len(CORPUS))])
     query = "capital of Germany"
-    expected = index.search(query, k=2, rerank_with=cross_encoder, rerank_top_n=4)
-    got = store.search(query, k=2, rerank_with=cross_encoder, rerank_top_n=4)
+    expected = index.search(query, k=2, cross_encoder=cross_encoder, cross_encoder_top_n=4)
+    got = store.search(query, k=2, cross_encoder=cross_encoder, cross_encoder_top_n=4)
     assert [h.id for h in got] == [h.id for h in expected]
     assert [h.score for h in got] == pytest.approx([h.score for h in expected], rel=1e-5)
     store.close()

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import shutil
+import sqlite3
 
 import numpy as np
 import pytest
 
 from m3_rag import IndexFormatError, M3Embedder, M3Index
-from m3_rag.index.storage import FORMAT_VERSION
+from m3_rag.index.catalog import CATALOG
 
 CORPUS = [
     "Berlin is the capital of Germany.",
@@ -28,7 +28,7 @@ QUERIES = ["capital of Germany", "hybrid search", "中国的首都", "vector dat
 
 @pytest.fixture
 def index(embedder: M3Embedder) -> M3Index:
-    idx = M3Index(embedder, colbert="float32")
+    idx = M3Index(embedder, colbert_dtype="float32")
     idx.add(
         CORPUS,
         ids=[f"d{i}" for i in range(len(CORPUS))],
@@ -58,7 +58,7 @@ def test_full_candidates_equal_exhaustive_scoring(index, embedder, weights, firs
 
 def test_float16_colbert_and_reencoding(index, embedder) -> None:
     half = M3Index(embedder)  # float16 by default
-    none = M3Index(embedder, colbert=None)  # ColBERT re-encoded at query time
+    none = M3Index(embedder, colbert_dtype=None)  # ColBERT re-encoded at query time
     for other in (half, none):
         other.add(CORPUS, ids=[f"d{i}" for i in range(len(CORPUS))])
     for query in QUERIES:
@@ -146,8 +146,8 @@ def test_bad_arguments(index, embedder) -> None:
         index.search("a", first_stage="bm25")
     with pytest.raises(TypeError, match="query must be a str"):
         index.search(["a"])  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="colbert must be"):
-        M3Index(embedder, colbert="int8")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="colbert_dtype must be one of"):
+        M3Index(embedder, colbert_dtype="int4")  # type: ignore[arg-type]
 
 
 def test_failed_add_changes_nothing(index, monkeypatch) -> None:
@@ -166,26 +166,28 @@ def test_failed_add_changes_nothing(index, monkeypatch) -> None:
     assert [(h.id, h.score) for h in index.search("capital", k=5)] == before
 
 
-@pytest.mark.parametrize("colbert", ["float16", "float32", None])
+@pytest.mark.parametrize("colbert", ["float16", "float32", "int8", None])
 def test_save_load_round_trip(index, embedder, tmp_path, colbert) -> None:
-    idx = M3Index(embedder, colbert=colbert)
+    idx = M3Index(embedder, colbert_dtype=colbert)
     idx.add(CORPUS, ids=[f"d{i}" for i in range(len(CORPUS))], metadatas=[{"n": i} for i in range(len(CORPUS))])
     idx.delete(["d2", "d5"])
     idx.add(["Tokyo is the capital of Japan."], ids=["d0"])
     before = idx.search_batch(QUERIES, k=5)
     idx.save(tmp_path / "idx")
     loaded = M3Index.load(tmp_path / "idx", embedder)
-    assert loaded.colbert_storage == colbert and len(loaded) == len(idx) == len(CORPUS) - 2
+    assert loaded.colbert_dtype == colbert and len(loaded) == len(idx) == len(CORPUS) - 2
     assert sorted(loaded.ids) == sorted(idx.ids)
     assert loaded.get("d0")[0].text == "Tokyo is the capital of Japan."
     for a, b in zip(before, loaded.search_batch(QUERIES, k=5)):
         assert [h.id for h in a] == [h.id for h in b]
         assert [h.scores for h in a] == [h.scores for h in b]
     loaded.add(["one more"], ids=["extra"])  # a loaded (memory-mapped) index takes writes
-    loaded.save(tmp_path / "idx")  # and overwrites its own folder
+    loaded.save(tmp_path / "idx")  # and commits them to its own folder
     again = M3Index.load(tmp_path / "idx", embedder)
-    assert len(again) == len(CORPUS) - 1
-    assert sorted(p.name for p in (tmp_path / "idx").iterdir() if p.name.startswith("data-")).__len__() == 1
+    assert len(again) == len(CORPUS) - 1 and again.get("extra")[0].text == "one more"
+    for a, b in zip(before, again.search_batch(QUERIES, k=5)):  # committed rows score as before
+        kept = [(h.id, h.scores) for h in b if h.id != "extra"]
+        assert kept == [(h.id, h.scores) for h in a][: len(kept)]
 
 
 def test_load_without_embedder_uses_the_manifest_model(index, tmp_path) -> None:
@@ -197,36 +199,47 @@ def test_load_without_embedder_uses_the_manifest_model(index, tmp_path) -> None:
 
 def test_load_errors(index, tmp_path) -> None:
     path = index.save(tmp_path / "idx")
-    data = next(p for p in path.iterdir() if p.name.startswith("data-"))
+    segment = next(p for p in (path / "segments").iterdir() if not p.name.startswith("."))
     embedder = index.embedder
 
     with pytest.raises(IndexFormatError, match="no such folder"):
         M3Index.load(tmp_path / "nothing", embedder)
     (tmp_path / "empty").mkdir()
-    with pytest.raises(IndexFormatError, match=r"manifest\.json is missing"):
+    with pytest.raises(IndexFormatError, match=r"catalog\.sqlite is missing"):
         M3Index.load(tmp_path / "empty", embedder)
 
     other = M3Embedder.from_pretrained(embedder.name.replace("tiny-m3", "tiny-m3-bin"))
     with pytest.raises(IndexFormatError, match="was built with model"):
         M3Index.load(path, other)
 
-    def broken(edit) -> None:
+    def broken(edit, match: str) -> None:
         broken_path = tmp_path / f"b{len(list(tmp_path.iterdir()))}"
         shutil.copytree(path, broken_path)
-        edit(broken_path, broken_path / data.name)
-        with pytest.raises(IndexFormatError):
+        edit(broken_path, broken_path / "segments" / segment.name)
+        with pytest.raises(IndexFormatError, match=match):
             M3Index.load(broken_path, embedder)
 
-    manifest = json.loads((path / "manifest.json").read_text())
-    broken(lambda p, d: (p / "manifest.json").write_text(json.dumps({**manifest, "version": FORMAT_VERSION + 1})))
-    broken(lambda p, d: (p / "manifest.json").write_text("{not json"))
-    broken(lambda p, d: (d / "dense.npy").unlink())
-    broken(lambda p, d: (d / "colbert.npy").write_bytes((d / "colbert.npy").read_bytes()[:-10]))
+    def sql(statement: str):
+        def edit(p, d) -> None:
+            with sqlite3.connect(p / CATALOG) as db:
+                db.execute(statement)
+
+        return edit
+
+    broken(sql("UPDATE meta SET value = '3' WHERE key = 'version'"), "format version '3'")
+    def garbage(p, d) -> None:
+        for extra in ("-wal", "-shm"):  # the live index's write-ahead log holds the catalog's pages too
+            (p / f"{CATALOG}{extra}").unlink(missing_ok=True)
+        (p / CATALOG).write_bytes(b"not a database" * 100)
+
+    broken(garbage, "damaged")
+    broken(lambda p, d: (d / "dense.npy").unlink(), "dense.npy is missing")
+    broken(lambda p, d: (d / "colbert.npy").write_bytes((d / "colbert.npy").read_bytes()[:-10]), "bytes")
+    broken(sql("UPDATE docs SET row = 99 WHERE id = 'd1'"), "row of 'd1'")
+    broken(sql("CREATE TRIGGER t AFTER INSERT ON docs BEGIN SELECT 1; END"), "schema")
     broken(
-        lambda p, d: (d / "documents.jsonl").write_text((d / "documents.jsonl").read_text().replace("Berlin", "Bxrlin"))
-    )
-    broken(
-        lambda p, d: (d / "sparse_weights.npy").write_bytes((d / "sparse_weights.npy").read_bytes()[:-4] + b"\0\0\0\0")
+        lambda p, d: (d / "sparse_weights.npy").write_bytes((d / "sparse_weights.npy").read_bytes()[:-4] + b"\0\0\0\0"),
+        "checksum",
     )
 
 

@@ -36,7 +36,7 @@ _INDEX: list[M3Index] = []
 def tiny_index() -> M3Index:
     """One index of CORPUS on the shared tiny model, built on first use."""
     if not _INDEX:
-        index = M3Index(shared_tiny(), colbert="float32")
+        index = M3Index(shared_tiny(), colbert_dtype="float32")
         index.add(CORPUS, ids=IDS, metadatas=METADATAS)
         _INDEX.append(index)
     return _INDEX[0]
@@ -239,12 +239,12 @@ async def test_batch_encodes_all_queries_in_one_pass() -> None:
 
 def test_from_documents_and_from_texts(embedder: M3Embedder) -> None:
     docs = [Document(CORPUS[0], id="berlin", metadata={"src": "a"}), Document(CORPUS[1], metadata={"src": "b"})]
-    retriever = M3HybridRetriever.from_documents(docs, embedder=embedder, k=2, colbert=None)
+    retriever = M3HybridRetriever.from_documents(docs, embedder=embedder, k=2, colbert_dtype=None)
     assert retriever.index.embedder is embedder and len(retriever.index) == 2
     found = retriever.invoke("capital of Germany")
     assert {d.page_content: d.metadata["src"] for d in found} == {CORPUS[0]: "a", CORPUS[1]: "b"}
     assert "berlin" in [d.id for d in found] and all(d.id for d in found)
-    shared = M3HybridRetriever.from_texts(CORPUS, METADATAS, ids=IDS, **MODEL, k=3, colbert="float32")
+    shared = M3HybridRetriever.from_texts(CORPUS, METADATAS, ids=IDS, **MODEL, k=3, colbert_dtype="float32")
     assert shared.index.embedder is shared_tiny()
     check_docs_equal_hits(shared.invoke("hybrid search"), tiny_index().search("hybrid search", k=3))
 

@@ -246,7 +246,7 @@ async def test_vector_store_index_query_engine_with_reranker(embedder: M3Embedde
 
 @pytest.fixture
 def m3_index(embedder: M3Embedder) -> M3Index:
-    index = M3Index(embedder, colbert="float32")
+    index = M3Index(embedder, colbert_dtype="float32")
     index.add(TEXTS, ids=[f"d{i}" for i in range(len(TEXTS))], metadatas=META)
     return index
 

@@ -51,7 +51,7 @@ def make(embedder: M3Embedder, db: str):
 def stores(embedder: M3Embedder, db: str) -> dict[str, MilvusStore]:
     """The corpus in the side-store (float16, float32) and re-encoding variants."""
     out = {
-        name: MilvusStore(embedder, db, f"corpus_{name}", colbert=None if name == "none" else name)
+        name: MilvusStore(embedder, db, f"corpus_{name}", colbert_dtype=None if name == "none" else name)
         for name in ("float16", "float32", "none")
     }
     for store in out.values():
@@ -65,7 +65,7 @@ def stores(embedder: M3Embedder, db: str) -> dict[str, MilvusStore]:
 def references(embedder: M3Embedder) -> dict[str, M3Index]:
     out = {}
     for name in ("float16", "float32", "none"):
-        out[name] = M3Index(embedder, colbert=None if name == "none" else name)  # type: ignore[arg-type]
+        out[name] = M3Index(embedder, colbert_dtype=None if name == "none" else name)  # type: ignore[arg-type]
         out[name].add(CORPUS, ids=IDS, metadatas=METAS)
     return out
 
@@ -83,7 +83,7 @@ def assert_same_hits(got, expected, rtol=1e-5) -> None:
 
 def test_is_a_hybrid_store(stores) -> None:
     assert all(isinstance(s, HybridStore) for s in stores.values())
-    assert stores["float16"].colbert_storage == "float16" and stores["none"].colbert_storage is None
+    assert stores["float16"].colbert_dtype == "float16" and stores["none"].colbert_dtype is None
     assert stores["float16"].dense_index_type == "FLAT"  # exact first stage on milvus-lite by default
     assert len(stores["float16"]) == len(CORPUS)
 
@@ -223,7 +223,8 @@ def test_batches_progress_and_reopen(make, embedder, tmp_path, capsys, monkeypat
 def test_stale_side_store_is_re_encoded(stores, references, tmp_path) -> None:
     """A side store that lacks the texts (deleted, or another machine's) falls back to re-encoding."""
     store = stores["float32"]
-    other = MilvusStore(store.embedder, store.uri, store.collection, colbert="float32", colbert_dir=tmp_path / "cb")
+    folder = tmp_path / "cb"
+    other = MilvusStore(store.embedder, store.uri, store.collection, colbert_dtype="float32", colbert_dir=folder)
     try:
         for query in QUERIES:
             assert_same_hits(other.search(query, k=5), references["float32"].search(query, k=5))
@@ -274,14 +275,14 @@ def test_hnsw_index_parameters(make, references) -> None:
 
 def test_unreachable_server_is_a_clear_error(embedder) -> None:
     with pytest.raises(ConnectionError, match=r"could not connect to Milvus at 'http://127\.0\.0\.1:1'"):
-        MilvusStore(embedder, "http://127.0.0.1:1", colbert=None, timeout=2)
+        MilvusStore(embedder, "http://127.0.0.1:1", colbert_dtype=None, timeout=2)
 
 
 def test_collection_of_another_model_is_refused(make, db) -> None:
     store = make()
     store.add(["hello"], ids=["h"])
     other = M3Embedder.from_pretrained(DATA / "tiny-m3-bin", device="cpu")
-    with pytest.raises(IndexFormatError, match=r"dense dim 32.*\(dim 48\)"):
+    with pytest.raises(IndexFormatError, match=r"dense dim 32.*dim 48"):
         MilvusStore(other, db, store.collection)
 
 
@@ -290,10 +291,10 @@ def test_bad_arguments(make, embedder, tmp_path) -> None:
         MilvusStore(embedder, str(tmp_path / "m3.sqlite"))
     with pytest.raises(ValueError, match="collection must match"):
         MilvusStore(embedder, str(tmp_path / "m3.db"), "bad name")
-    with pytest.raises(ValueError, match="colbert must be"):
-        MilvusStore(embedder, str(tmp_path / "m3.db"), colbert="int8")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="colbert_dtype must be"):
+        MilvusStore(embedder, str(tmp_path / "m3.db"), colbert_dtype="int8")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="needs colbert_dir"):
-        MilvusStore(embedder, "http://127.0.0.1:1", colbert="float16")
+        MilvusStore(embedder, "http://127.0.0.1:1", colbert_dtype="float16")
     store = make()
     with pytest.raises(ValueError, match="too long for Milvus"):
         store.add(["x" * 70000])

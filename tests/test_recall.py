@@ -29,7 +29,7 @@ def synthetic(n: int, low: int, high: int, rng: np.random.Generator) -> list[str
 @pytest.fixture(scope="module")
 def setting() -> tuple[M3Index, list[str], list[list[str]]]:
     rng = np.random.default_rng(7)
-    index = M3Index(M3Embedder.shared(ROOT / "tests" / "data" / "tiny-m3"), colbert="float32")
+    index = M3Index(M3Embedder.shared(ROOT / "tests" / "data" / "tiny-m3"), colbert_dtype="float32")
     index.add(synthetic(600, 8, 40, rng), ids=[f"d{i}" for i in range(600)])
     queries = synthetic(40, 2, 6, rng)
     exhaustive = [[h.id for h in hits] for hits in index.search_batch(queries, k=10, candidates=600)]

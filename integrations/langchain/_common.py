@@ -140,7 +140,7 @@ def encode_cached(
         encode = embedder.encode_queries if kind == "query" else embedder.encode_documents
         out = encode(missing, dense=True, sparse=True, colbert=False, max_length=max_length, batch_size=batch_size)
         assert out.dense is not None and out.sparse is not None
-        fresh = {text: CachedEncoding(out.dense[i].copy(), out.sparse[i]) for i, text in enumerate(missing)}
+        fresh = {text: CachedEncoding(out.dense[i].copy(), out.sparse[i].to_dict()) for i, text in enumerate(missing)}
         cache.put([(kind, max_length, text) for text in missing], list(fresh.values()))
     return [entry if entry is not None else fresh[text] for text, entry in zip(items, found)]
 

@@ -19,10 +19,10 @@ from langchain_core.runnables import RunnableConfig
 from langchain_core.runnables.config import get_config_list, run_in_executor
 from pydantic import ConfigDict, Field, field_validator
 
+from m3_rag.colbert_codec import ColbertDtype
 from m3_rag.encoder import M3Embedder
+from m3_rag.filters import parse_filter
 from m3_rag.index import M3Index
-from m3_rag.index.filters import check_filter
-from m3_rag.index.memory import ColbertStorage
 from m3_rag.retrieval import HybridStore, SearchHit, check_first_stage
 from m3_rag.scoring import normalize_weights
 
@@ -30,7 +30,7 @@ from ._common import resolve_embedder, score_metadata
 
 __all__ = ["M3HybridRetriever"]
 
-_PER_CALL = ("k", "filter", "weights", "candidates", "first_stage", "rerank_with", "rerank_top_n")
+_PER_CALL = ("k", "filter", "weights", "candidates", "first_stage", "cross_encoder", "cross_encoder_top_n")
 
 
 class M3HybridRetriever(BaseRetriever):
@@ -71,11 +71,11 @@ class M3HybridRetriever(BaseRetriever):
     """``"dense"``, ``"sparse"`` or both (the union of their candidates)."""
     filter: dict[str, Any] | None = None
     """Metadata equalities, e.g. ``{"lang": "en", "year": [2023, 2024]}`` (a list means any of)."""
-    rerank_with: Any = Field(default=None, exclude=True, repr=False)
+    cross_encoder: Any = Field(default=None, exclude=True, repr=False)
     """Optional final stage: a cross-encoder (``sentence_transformers.CrossEncoder`` or a model name such as
-    ``"BAAI/bge-reranker-v2-m3"``, extra ``m3-rag[rerank]``) that reorders the best ``rerank_top_n`` hybrid
+    ``"BAAI/bge-reranker-v2-m3"``, extra ``m3-rag[rerank]``) that reorders the best ``cross_encoder_top_n`` hybrid
     results; the score becomes the cross-encoder's and ``hybrid_score`` keeps the hybrid one."""
-    rerank_top_n: int | None = Field(default=None, ge=1)
+    cross_encoder_top_n: int | None = Field(default=None, ge=1)
     """How many hybrid results the cross-encoder sees (default: as many as are returned)."""
 
     @field_validator("index", mode="before")
@@ -101,7 +101,7 @@ class M3HybridRetriever(BaseRetriever):
     @field_validator("filter", mode="before")
     @classmethod
     def _check_filter(cls, value: Any) -> Any:
-        check_filter(value)
+        parse_filter(value)
         return None if value is None else dict(value)
 
     # ------------------------------------------------------------------ building
@@ -116,18 +116,18 @@ class M3HybridRetriever(BaseRetriever):
         embedder: M3Embedder | None = None,
         device: str | None = None,
         dtype: str | None = None,
-        colbert: ColbertStorage = "float16",
+        colbert_dtype: ColbertDtype | None = "float16",
         **kwargs: Any,
     ) -> M3HybridRetriever:
         """Build an :class:`~m3_rag.M3Index` of ``texts`` and a retriever over it.
 
         ``model_name`` (default ``"BAAI/bge-m3"``) or an ``embedder``, and ``device``/``dtype``,
         pick the model (shared per process);
-        ``colbert`` is how the index stores ColBERT vectors (``"float16"``, ``"float32"`` or
+        ``colbert_dtype`` is how the index stores ColBERT vectors (``"float16"``, ``"float32"``, ``"int8"`` or
         ``None`` to re-encode candidates); ``kwargs`` are retriever fields (``k``, ``weights``...).
         """
         model = resolve_embedder(model_name, embedder, device=device, dtype=dtype)
-        index = M3Index(model, colbert=colbert)
+        index = M3Index(model, colbert_dtype=colbert_dtype)
         index.add(list(texts), ids=ids, metadatas=metadatas)
         return cls(index=index, **kwargs)
 

@@ -180,7 +180,7 @@ class M3SparseEmbedding(BaseSparseEmbedding):
         else:
             out = self._embedder.encode_documents(texts, max_length=self.passage_max_length, dense=False, colbert=False)
         assert out.sparse is not None
-        return out.sparse
+        return [s.to_dict() for s in out.sparse]
 
     def _get_query_embedding(self, query: str) -> dict[int, float]:
         return self._sparse([query], query=True)[0]

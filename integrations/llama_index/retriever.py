@@ -14,7 +14,7 @@ from llama_index.core.schema import BaseNode, MetadataMode, NodeWithScore, Query
 from llama_index.core.vector_stores.types import FilterCondition, FilterOperator, MetadataFilter, MetadataFilters
 
 from m3_rag import M3Embedder, M3Index
-from m3_rag.retrieval import HybridStore, SearchHit, check_search_args
+from m3_rag.retrieval import HybridStore, SearchHit, SearchRequest
 
 from ._common import STAGE_SCORE_KEYS, resolve_embedder
 
@@ -129,8 +129,8 @@ class M3Retriever(BaseRetriever):
         weights: Sequence[float] = (1.0, 1.0, 1.0),
         first_stage: str | Sequence[str] = ("dense", "sparse"),
         filters: MetadataFilters | Mapping[str, Any] | None = None,
-        rerank_with: Any = None,
-        rerank_top_n: int | None = None,
+        cross_encoder: Any = None,
+        cross_encoder_top_n: int | None = None,
         callback_manager: CallbackManager | None = None,
         verbose: bool = False,
     ) -> None:
@@ -139,7 +139,10 @@ class M3Retriever(BaseRetriever):
                 f"index must be an m3_rag.M3Index or another HybridStore (add, delete, search, search_batch, "
                 f"embedder), got {type(index).__name__}"
             )
-        stages, checked = check_search_args(similarity_top_k, candidates, first_stage, weights)
+        checked_args = SearchRequest.make(
+            k=similarity_top_k, candidates=candidates, first_stage=first_stage, weights=weights, filter=None
+        )
+        stages, checked = checked_args.first_stage, checked_args.weights
         self.index = index
         self.similarity_top_k = int(similarity_top_k)
         self.candidates = int(candidates)
@@ -147,8 +150,8 @@ class M3Retriever(BaseRetriever):
         self.first_stage = stages
         self.filters = filters
         self._filter = to_index_filter(filters)
-        self.rerank_with = rerank_with  # optional cross-encoder final stage (see M3Index.search)
-        self.rerank_top_n = rerank_top_n
+        self.cross_encoder = cross_encoder  # optional cross-encoder final stage (see M3Index.search)
+        self.cross_encoder_top_n = cross_encoder_top_n
         super().__init__(callback_manager=callback_manager, verbose=verbose)
 
     @classmethod
@@ -192,8 +195,8 @@ class M3Retriever(BaseRetriever):
             first_stage=self.first_stage,
             weights=self.weights,
             filter=self._filter,
-            rerank_with=self.rerank_with,
-            rerank_top_n=self.rerank_top_n,
+            cross_encoder=self.cross_encoder,
+            cross_encoder_top_n=self.cross_encoder_top_n,
         )
         return [_node(hit) for hit in hits]
 

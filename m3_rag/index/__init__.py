@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from ..retrieval import SearchHit
-from .memory import M3Index, Record
+from ..ranking import SearchHit
+from ..records import Record
+from .m3_index import M3Index
 from .milvus import MilvusStore
 
 __all__ = ["M3Index", "MilvusStore", "Record", "SearchHit"]

@@ -13,7 +13,7 @@ embedding-list fields), so there are two homes, picked by ``colbert``:
 - a local side store (:class:`~m3_rag.index.colbert_cache.ColbertCache`, float16 by default):
   packed ``.npy`` segments next to the milvus-lite file, keyed by a hash of the text, so a
   missing or stale entry is re-encoded rather than trusted;
-- none (``colbert=None``): the candidates are re-encoded at query time.
+- none (``colbert_dtype=None``): the candidates are re-encoded at query time.
 
 Measured with ``benchmarks/milvus_colbert.py`` (2 shared CPU cores, ``OMP_WAIT_POLICY=PASSIVE``),
 100 candidates of ~175 tokens (17.5k tokens) per query:
@@ -25,7 +25,7 @@ Measured with ``benchmarks/milvus_colbert.py`` (2 shared CPU cores, ``OMP_WAIT_P
   query) ~0.03-0.12 s on one H100 (150-600k tokens/s), but minutes on such a CPU (a 384x6
   model ran at 1.9k tokens/s; BGE-M3 needs 29x its FLOPs per token).
 
-Decision: ``colbert="auto"`` (the default) keeps a float16 side store with milvus-lite (one
+Decision: ``colbert_dtype="auto"`` (the default) keeps a float16 side store with milvus-lite (one
 machine by definition) and re-encodes with a Milvus server, where several machines search one
 collection and a local folder would hold only what this machine added (a miss is re-encoded,
 so a side store is never wrong, only sometimes slow). Give a server-backed store a side store
@@ -58,17 +58,18 @@ from typing import Any, Literal
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..cross_encoder import CrossEncoderLike, search_with_final_stage
-from ..encoder import M3Embedder, _check_texts
-from ..errors import IndexFormatError
-from ..retrieval import SearchHit, check_search_args, make_hits, rerank
-from ..scoring import colbert_scores_at, sparse_to_csr
+from ..encoder import M3Embedder
+from ..errors import IndexFormatError, ModelMismatchError
+from ..filters import MetadataIndex, filter_mask
+from ..output import M3Output
+from ..records import Record, check_ids, check_metadatas, check_texts
+from ..retrieval import Candidates, HybridStore, QueryBatch, SearchRequest
+from ..scoring import colbert_scores_at
+from ..sparse import SparseVector, stack_csr
 from .colbert_cache import ColbertCache, ColbertDtype, text_keys
-from .filters import MetadataFilter, MetadataIndex, check_filter, filter_mask
-from .memory import Record, _check_ids, _check_metadatas
 from .milvus_expr import ids_expression, milvus_filter
 
-__all__ = ["MilvusStore"]
+__all__ = ["MilvusStore", "recorded_model"]
 
 _INSTALL = 'pip install "m3-rag[milvus]"'
 _MAX_TOPK = 16384  # Milvus's largest search limit
@@ -92,7 +93,7 @@ def _pymilvus() -> Any:
     return pymilvus
 
 
-class MilvusStore:
+class MilvusStore(HybridStore):
     """BGE-M3 hybrid retrieval on Milvus, with the methods and results of :class:`~m3_rag.M3Index`.
 
     Args:
@@ -100,7 +101,7 @@ class MilvusStore:
         uri: a local ``.db`` path (milvus-lite, in-process) or ``http(s)://host:19530``.
         collection: the collection name (created when missing; checked when it exists).
         token: ``"user:password"`` or an API key for a server.
-        colbert: ``"auto"``, ``"float16"``/``"float32"`` (a local side store) or ``None``
+        colbert_dtype: ``"auto"``, ``"float16"``/``"float32"`` (a local side store) or ``None``
             (re-encode candidates); see the module docs.
         colbert_dir: the side store folder (default for milvus-lite: ``<uri>.colbert/<collection>``).
         dense_index: ``{"index_type": ..., "params": {...}}`` for the dense field (metric IP);
@@ -125,7 +126,7 @@ class MilvusStore:
         collection: str = "m3",
         token: str | None = None,
         *,
-        colbert: ColbertDtype | Literal["auto"] | None = "auto",
+        colbert_dtype: ColbertDtype | Literal["auto"] | None = "auto",
         colbert_dir: str | os.PathLike[str] | None = None,
         dense_index: Mapping[str, Any] | None = None,
         sparse_index: Mapping[str, Any] | None = None,
@@ -140,8 +141,8 @@ class MilvusStore:
             embedder.model.check_modes(sparse=True, colbert=True, source=embedder.name)
         if not isinstance(collection, str) or not _NAME.match(collection):
             raise ValueError(f"collection must match {_NAME.pattern} (letters, digits, _), got {collection!r}")
-        if colbert not in ("auto", "float16", "float32", None):
-            raise ValueError(f"colbert must be 'auto', 'float16', 'float32' or None, got {colbert!r}")
+        if colbert_dtype not in ("auto", "float16", "float32", None):
+            raise ValueError(f"colbert_dtype must be 'auto', 'float16', 'float32' or None, got {colbert_dtype!r}")
         if isinstance(insert_batch_size, bool) or not isinstance(insert_batch_size, int) or insert_batch_size < 1:
             raise ValueError(f"insert_batch_size must be an int >= 1, got {insert_batch_size!r}")
         self.embedder = embedder
@@ -153,22 +154,22 @@ class MilvusStore:
         self.max_text_bytes = max_text_bytes
         self._consistency = consistency_level
         self._dense_search_params = dict(dense_search_params or {})
-        if colbert == "auto":
-            colbert = "float16" if self.local or colbert_dir is not None else None
-        if colbert is not None and colbert_dir is None and not self.local:
+        if colbert_dtype == "auto":
+            colbert_dtype = "float16" if self.local or colbert_dir is not None else None
+        if colbert_dtype is not None and colbert_dir is None and not self.local:
             raise ValueError(
-                f"colbert={colbert!r} with a Milvus server needs colbert_dir=<a folder on this machine> for the "
-                "side store; or pass colbert=None to re-encode the candidates at query time"
+                f"colbert_dtype={colbert_dtype!r} with a Milvus server needs colbert_dir=<a folder on this machine> "
+                "for the side store; or pass colbert_dtype=None to re-encode the candidates at query time"
             )
-        self.colbert_storage: ColbertDtype | None = colbert
+        self.colbert_dtype: ColbertDtype | None = colbert_dtype
         self.client = self._connect(token, client_kwargs)
         self._cache: ColbertCache | None = None
         try:
             self._open_collection(dense_index, sparse_index)
-            if colbert is not None:
+            if colbert_dtype is not None:
                 folder = Path(colbert_dir) if colbert_dir is not None else Path(f"{self.uri}.colbert") / collection
                 dim = embedder.colbert_dim or 0
-                self._cache = ColbertCache(folder, fingerprint=embedder.fingerprint, dim=dim, dtype=colbert)
+                self._cache = ColbertCache(folder, fingerprint=embedder.fingerprint, dim=dim, dtype=colbert_dtype)
         except BaseException:
             self.client.close()
             raise
@@ -226,11 +227,12 @@ class MilvusStore:
                 "key); pass another collection name"
             )
         dim, props = int(fields["dense"]["params"]["dim"]), info.get("properties") or {}
-        if dim != emb.dim or props.get("m3_rag.fingerprint", emb.fingerprint) != emb.fingerprint:
-            raise IndexFormatError(
-                f"collection {name!r} at {self.uri} was made with model {props.get('m3_rag.model', '?')!r} (dense "
-                f"dim {dim}), but the embedder is {emb.name!r} (dim {emb.dim}) with other weights; open it with "
-                "the same model, or use another collection and re-index"
+        accepted = {emb.fingerprint, getattr(emb, "legacy_fingerprint", emb.fingerprint)}
+        if dim != emb.dim or props.get("m3_rag.fingerprint", emb.fingerprint) not in accepted:
+            raise ModelMismatchError(
+                f"collection {name!r} at {self.uri}",
+                f"{props.get('m3_rag.model', '?')} (dense dim {dim})",
+                f"{emb.name} (dim {emb.dim})",
             )
         self.client.load_collection(name, timeout=self.timeout)
         index_names = self.client.list_indexes(name, field_name="dense")
@@ -248,7 +250,7 @@ class MilvusStore:
     def __repr__(self) -> str:
         return (
             f"MilvusStore({self.uri!r}, collection={self.collection!r}, model={self.embedder.name!r}, "
-            f"colbert={self.colbert_storage!r})"
+            f"colbert_dtype={self.colbert_dtype!r})"
         )
 
     def __enter__(self) -> MilvusStore:
@@ -268,6 +270,20 @@ class MilvusStore:
         for start in range(0, len(unique), _FETCH):
             expr = ids_expression(unique[start : start + _FETCH])
             out.extend(self.client.query(self.collection, filter=expr, output_fields=fields, **self._rpc()))
+        return out
+
+    @property
+    def ids(self) -> list[str]:
+        """Ids of every stored document (read page by page from Milvus)."""
+        out: list[str] = []
+        iterator = self.client.query_iterator(
+            self.collection, batch_size=1000, filter="", output_fields=["id"], timeout=self.timeout
+        )
+        try:
+            while page := iterator.next():
+                out.extend(str(row["id"]) for row in page)
+        finally:
+            iterator.close()
         return out
 
     def get(self, ids: str | Sequence[str]) -> list[Record]:
@@ -292,20 +308,14 @@ class MilvusStore:
         before stay stored; upserting is idempotent, so run it again. ``batch_size`` caps texts
         per forward pass; a progress bar shows from 1,000 texts on (``show_progress=None``).
         """
-        items = _check_texts(texts)
-        doc_ids, metas = _check_ids(ids, len(items)), _check_metadatas(metadatas, len(items))
-        for i, (doc_id, text) in enumerate(zip(doc_ids, items)):
-            if len(doc_id.encode("utf-8")) > 512 or len(text.encode("utf-8")) > self.max_text_bytes:
-                raise ValueError(
-                    f"document {i} is too long for Milvus: ids take up to 512 bytes, texts up to "
-                    f"max_text_bytes={self.max_text_bytes} (UTF-8); split the text into passages"
-                )
+        items = check_texts(texts)
+        doc_ids, metas = check_ids(ids, len(items)), check_metadatas(metadatas, len(items))
+        self._check_sizes(doc_ids, items)
         if not items:
             return []
         show = len(items) >= 1000 if show_progress is None else show_progress
-        rows: list[dict[str, Any]] = []
-        colbert: list[np.ndarray] = []
-        empty = {self.embedder.vocab_size: 1.0}  # Milvus refuses empty sparse rows; no query has this id
+        pending: list[int] = []
+        outputs: dict[int, tuple[np.ndarray, SparseVector, np.ndarray | None]] = {}
         with tqdm(total=len(items), desc="Indexing into Milvus", unit="text", disable=not show) as bar:
             for batch in self.embedder.iter_encode(
                 items,
@@ -317,32 +327,84 @@ class MilvusStore:
                 show_progress=False,
             ):
                 assert batch.dense is not None
-                for j, (i, sparse) in enumerate(zip(batch.indices.tolist(), batch.sparse_dicts())):
-                    rows.append(
-                        {
-                            "id": doc_ids[i],
-                            "text": items[i],
-                            "metadata": metas[i],
-                            "dense": batch.dense[j],
-                            "sparse": sparse or empty,
-                        }
-                    )
-                if self._cache is not None:
-                    colbert.extend(batch.colbert_list())
-                while len(rows) >= self.insert_batch_size:
-                    bar.update(self._write(rows[: self.insert_batch_size], colbert[: self.insert_batch_size]))
-                    del rows[: self.insert_batch_size], colbert[: self.insert_batch_size]
-            if rows:
-                bar.update(self._write(rows, colbert))
+                colbert = batch.colbert_list() if self._cache is not None else [None] * len(batch)
+                for j, (i, sparse) in enumerate(zip(batch.indices.tolist(), batch.sparse_vectors())):
+                    outputs[i] = (batch.dense[j], sparse, colbert[j])
+                    pending.append(i)
+                while len(pending) >= self.insert_batch_size:
+                    bar.update(self._write(pending[: self.insert_batch_size], items, doc_ids, metas, outputs))
+                    del pending[: self.insert_batch_size]
+            if pending:
+                bar.update(self._write(pending, items, doc_ids, metas, outputs))
         self.client.flush(self.collection, timeout=self.timeout)
         return doc_ids
 
-    def _write(self, rows: list[dict[str, Any]], colbert: list[np.ndarray]) -> int:
+    def add_encoded(
+        self,
+        texts: Sequence[str],
+        output: M3Output,
+        *,
+        ids: Sequence[str] | None = None,
+        metadatas: Sequence[Mapping[str, Any] | None] | None = None,
+    ) -> list[str]:
+        """Upsert texts whose outputs were computed already (e.g. on a cluster); no model pass."""
+        items = check_texts(texts)
+        doc_ids, metas = check_ids(ids, len(items)), check_metadatas(metadatas, len(items))
+        self._check_sizes(doc_ids, items)
+        if output.dense is None or output.sparse is None or len(output.sparse) != len(items):
+            raise ValueError(f"output needs dense and sparse outputs for each of the {len(items)} texts")
+        if np.shape(output.dense) != (len(items), self.embedder.dim):
+            raise ValueError(f"output.dense must be ({len(items)}, {self.embedder.dim}), got {np.shape(output.dense)}")
+        colbert = output.colbert if self._cache is not None else None
+        if self._cache is not None and (colbert is None or len(colbert) != len(items)):
+            raise ValueError("this store keeps ColBERT vectors: output needs one ColBERT matrix per text")
+        outputs = {
+            i: (np.asarray(output.dense[i]), SparseVector.from_dict(output.sparse[i]), colbert[i] if colbert else None)
+            for i in range(len(items))
+        }
+        order = list(range(len(items)))
+        for start in range(0, len(order), self.insert_batch_size):
+            self._write(order[start : start + self.insert_batch_size], items, doc_ids, metas, outputs)
+        self.client.flush(self.collection, timeout=self.timeout)
+        return doc_ids
+
+    def _check_sizes(self, doc_ids: list[str], items: list[str]) -> None:
+        for i, (doc_id, text) in enumerate(zip(doc_ids, items)):
+            if len(doc_id.encode("utf-8")) > 512 or len(text.encode("utf-8")) > self.max_text_bytes:
+                raise ValueError(
+                    f"document {i} is too long for Milvus: ids take up to 512 bytes, texts up to "
+                    f"max_text_bytes={self.max_text_bytes} (UTF-8); split the text into passages"
+                )
+
+    def _write(
+        self,
+        positions: list[int],
+        items: list[str],
+        doc_ids: list[str],
+        metas: list[dict[str, Any]],
+        outputs: dict[int, tuple[np.ndarray, SparseVector, np.ndarray | None]],
+    ) -> int:
+        empty = {self.embedder.vocab_size: 1.0}  # Milvus refuses empty sparse rows; no query has this id
+        rows = []
+        for i in positions:
+            dense, sparse, _ = outputs[i]
+            rows.append(
+                {
+                    "id": doc_ids[i],
+                    "text": items[i],
+                    "metadata": metas[i],
+                    "dense": dense,
+                    "sparse": sparse.to_dict() or empty,
+                }
+            )
         if self._cache is not None:  # side store first: a row in Milvus then has its vectors
-            keys = text_keys([r["text"] for r in rows], max_length=self.embedder.passage_max_length)
-            offsets = np.concatenate([[0], np.cumsum([len(m) for m in colbert])])
-            self._cache.put(keys, np.concatenate(colbert), offsets)
+            colbert = [outputs[i][2] for i in positions]
+            keys = text_keys([items[i] for i in positions], max_length=self.embedder.passage_max_length)
+            offsets = np.concatenate([[0], np.cumsum([len(m) for m in colbert])])  # type: ignore[arg-type]
+            self._cache.put(keys, np.concatenate(colbert), offsets)  # type: ignore[arg-type]
         self.client.upsert(self.collection, rows, timeout=self.timeout)
+        for i in positions:
+            del outputs[i]
         return len(rows)
 
     def delete(self, ids: str | Sequence[str]) -> int:
@@ -354,107 +416,51 @@ class MilvusStore:
             self.client.delete(self.collection, filter=chunk, timeout=self.timeout)
         return len(found)
 
-    # ------------------------------------------------------------------ searching
-    def search(
-        self,
-        query: str,
-        *,
-        k: int = 10,
-        candidates: int = 100,
-        first_stage: str | Sequence[str] = ("dense", "sparse"),
-        weights: Sequence[float] = (1.0, 1.0, 1.0),
-        filter: MetadataFilter | None = None,
-        rerank_with: str | CrossEncoderLike | None = None,
-        rerank_top_n: int | None = None,
-    ) -> list[SearchHit]:
-        """The ``k`` best documents for ``query`` by hybrid score (see :meth:`search_batch`)."""
-        if not isinstance(query, str):
-            raise TypeError(f"query must be a str, got {type(query).__name__}")
-        return self.search_batch(
-            [query],
-            k=k,
-            candidates=candidates,
-            first_stage=first_stage,
-            weights=weights,
-            filter=filter,
-            rerank_with=rerank_with,
-            rerank_top_n=rerank_top_n,
-        )[0]
-
-    def search_batch(
-        self,
-        queries: Sequence[str],
-        *,
-        k: int = 10,
-        candidates: int = 100,
-        first_stage: str | Sequence[str] = ("dense", "sparse"),
-        weights: Sequence[float] = (1.0, 1.0, 1.0),
-        filter: MetadataFilter | None = None,
-        rerank_with: str | CrossEncoderLike | None = None,
-        rerank_top_n: int | None = None,
-    ) -> list[list[SearchHit]]:
-        """Search several queries (encoded in one pass; one Milvus search per first-stage mode).
-
-        Arguments as :meth:`M3Index.search_batch <m3_rag.M3Index.search_batch>`; ``candidates``
-        is capped at Milvus's limit of 16384.
-        """
-        items = _check_texts(queries)
-        stages, w = check_search_args(k, candidates, first_stage, weights)
-        if rerank_with is not None:  # optional cross-encoder final stage, as in M3Index
-            return search_with_final_stage(
-                self.search_batch,
-                items,
-                k=k,
-                rerank_with=rerank_with,
-                rerank_top_n=rerank_top_n,
-                candidates=candidates,
-                first_stage=stages,
-                weights=w,
-                filter=filter,
-            )
-        conditions = check_filter(filter)
-        expr = milvus_filter(conditions)
-        if expr is None or not items:
-            return [[] for _ in items]
-        q = self.embedder.encode_queries(items, dense=True, sparse=True, colbert=True)
-        assert q.dense is not None and q.sparse is not None and q.colbert is not None
-        limit = min(int(candidates), _MAX_TOPK)
-        by_dense = self._first_stage("dense", list(q.dense), limit, expr) if "dense" in stages else None
-        by_sparse = self._first_stage("sparse", q.sparse, limit, expr) if "sparse" in stages else None
+    # ------------------------------------------------------------------ the first stage (see HybridStore)
+    def _candidates(self, queries: QueryBatch, request: SearchRequest) -> list[Candidates]:
+        """One Milvus search per first-stage mode for all queries; scores recomputed from the stored vectors."""
+        m = len(queries)
+        expr = milvus_filter(request.filter)
+        if expr is None:
+            return [Candidates.empty() for _ in range(m)]
+        limit = min(int(request.candidates), _MAX_TOPK)
+        stages = request.first_stage
+        by_dense = self._first_stage("dense", list(queries.dense), limit, expr) if "dense" in stages else None
+        by_sparse = (
+            self._first_stage("sparse", [s.to_dict() for s in queries.sparse], limit, expr)
+            if "sparse" in stages
+            else None
+        )
         found = set().union(*(by_dense or []), *(by_sparse or []))
         rows = sorted(self._fetch(sorted(found), ["id", "text", "metadata", "dense", "sparse"]), key=lambda r: r["id"])
         metas = [dict(r["metadata"] or {}) for r in rows]
-        mask = filter_mask(conditions, metas, MetadataIndex())  # exact semantics (Milvus says true == 1)
+        mask = filter_mask(request.filter, metas, MetadataIndex())  # exact semantics (Milvus says true == 1)
         if mask is not None:
-            rows, metas = [r for r, ok in zip(rows, mask) if ok], [m for m, ok in zip(metas, mask) if ok]
+            rows, metas = [r for r, ok in zip(rows, mask) if ok], [m_ for m_, ok in zip(metas, mask) if ok]
         if not rows:
-            return [[] for _ in items]
+            return [Candidates.empty() for _ in range(m)]
         position = {r["id"]: p for p, r in enumerate(rows)}
         vocab = self.embedder.vocab_size
-        dense_all = np.asarray([r["dense"] for r in rows], dtype=np.float32) @ q.dense.T  # (c, m)
-        stored = sparse_to_csr([{t: v for t, v in r["sparse"].items() if t < vocab} for r in rows], vocab)
-        sparse_all = np.asarray((sparse_to_csr(q.sparse, vocab) @ stored.T).todense(), dtype=np.float32)  # (m, c)
-        texts = [r["text"] for r in rows]
-        vectors, offsets = self._candidate_colbert(texts)
-        lengths = np.diff(offsets)
-        results: list[list[SearchHit]] = []
-        for j in range(len(items)):
+        dense_all = np.asarray([r["dense"] for r in rows], dtype=np.float32) @ queries.dense.T  # (c, m)
+        stored = stack_csr([{t: v for t, v in r["sparse"].items() if t < vocab} for r in rows], vocab)
+        sparse_all = np.asarray((stack_csr(queries.sparse, vocab) @ stored.T).todense(), dtype=np.float32)  # (m, c)
+        out = []
+        for j in range(m):
             picked = [position[i] for i in (by_dense[j] if by_dense else []) if i in position]
             lexical = [position[i] for i in (by_sparse[j] if by_sparse else []) if i in position]
             picked += [p for p in lexical if sparse_all[j, p] > 0]
-            pos = np.unique(np.asarray(picked, dtype=np.int64))
-            if len(pos) == 0:
-                results.append([])
-                continue
-            colbert = colbert_scores_at(q.colbert[j], vectors, offsets[:-1][pos], lengths[pos])
-            order, hybrid, per_mode = rerank(dense_all[pos, j], sparse_all[j, pos], colbert, weights=w, k=k)
-            ids = [rows[p]["id"] for p in pos.tolist()]
-            results.append(
-                make_hits(
-                    order, hybrid, per_mode, ids, [texts[p] for p in pos.tolist()], [metas[p] for p in pos.tolist()]
+            pos = np.unique(np.asarray(picked, dtype=np.int64)).tolist()
+            out.append(
+                Candidates(
+                    [rows[p]["id"] for p in pos],
+                    [rows[p]["text"] for p in pos],
+                    [metas[p] for p in pos],
+                    dense_all[pos, j],
+                    sparse_all[j, pos],
+                    None,  # ColBERT: from the side store or re-encoded, by the pipeline, outside any lock
                 )
             )
-        return results
+        return out
 
     def _first_stage(self, field: str, data: Sequence[Any], limit: int, expr: str) -> list[list[str]]:
         """Candidate ids per query from one Milvus search of ``field`` (empty sparse queries: none)."""
@@ -481,21 +487,46 @@ class MilvusStore:
             out[j] = [h["id"] for h in found]
         return out
 
-    def _candidate_colbert(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        """Packed float32 ColBERT vectors of ``texts`` and their offsets: side store, else re-encoded."""
+    def _colbert_scores(self, queries: Sequence[np.ndarray], texts: Sequence[Sequence[str]]) -> list[np.ndarray]:
+        """ColBERT scores by text: the side store's vectors, the others re-encoded (once per distinct text)."""
+        if self._cache is None:
+            return super()._colbert_scores(queries, texts)
+        unique = list(dict.fromkeys(t for group in texts for t in group))
+        if not unique:
+            return [np.zeros(0, np.float32) for _ in texts]
         dim = self.embedder.colbert_dim or 0
-        mats: list[np.ndarray] = [np.zeros((0, dim), np.float32)] * len(texts)
-        missing = np.ones(len(texts), dtype=bool)
-        if self._cache is not None:
-            found, vectors, offsets = self._cache.get(text_keys(texts, max_length=self.embedder.passage_max_length))
-            for i, start, end in zip(np.flatnonzero(found).tolist(), offsets[:-1].tolist(), offsets[1:].tolist()):
-                mats[i] = vectors[start:end]
-            missing = ~found
-        if missing.any():
-            redo = np.flatnonzero(missing).tolist()
-            out = self.embedder.encode_documents([texts[i] for i in redo], dense=False, sparse=False, colbert=True)
+        mats: list[np.ndarray] = [np.zeros((0, dim), np.float32)] * len(unique)
+        found, vectors, offsets = self._cache.get(text_keys(unique, max_length=self.embedder.passage_max_length))
+        for i, start, end in zip(np.flatnonzero(found).tolist(), offsets[:-1].tolist(), offsets[1:].tolist()):
+            mats[i] = vectors[start:end]
+        redo = np.flatnonzero(~found).tolist()
+        if redo:
+            out = self.embedder.encode_documents([unique[i] for i in redo], dense=False, sparse=False, colbert=True)
             assert out.colbert is not None
             for i, mat in zip(redo, out.colbert):
                 mats[i] = mat
-        offsets = np.concatenate([[0], np.cumsum([len(m) for m in mats])]).astype(np.int64)
-        return np.concatenate(mats).astype(np.float32, copy=False), offsets
+        lengths = np.array([len(mat) for mat in mats], dtype=np.int64)
+        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+        packed = np.concatenate(mats).astype(np.float32, copy=False)
+        where = {t: i for i, t in enumerate(unique)}
+        result = []
+        for query, group in zip(queries, texts):
+            pos = np.fromiter((where[t] for t in group), dtype=np.int64, count=len(group))
+            result.append(colbert_scores_at(query, packed, starts[pos], lengths[pos]))
+        return result
+
+
+def recorded_model(uri: str | os.PathLike[str], collection: str, token: str | None = None) -> str | None:
+    """The model an m3-rag collection was made with (None when there is no such collection)."""
+    pm = _pymilvus()
+    path = os.fspath(uri)
+    if not _SERVER.match(path) and not Path(path).exists():
+        return None
+    client = pm.MilvusClient(uri=path, token=token or "")
+    try:
+        if not client.has_collection(collection):
+            return None
+        model = (client.describe_collection(collection).get("properties") or {}).get("m3_rag.model")
+        return str(model) if model else None
+    finally:
+        client.close()

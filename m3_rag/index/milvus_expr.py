@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from .filters import MetadataFilter, check_filter
+from ..filters import MetadataFilter, check_filter
 
 __all__ = ["ids_expression", "milvus_filter", "milvus_literal"]
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["KEY_PATTERN", "MetadataFilter", "MetadataIndex", "check_filter", "filter_mask"]
+__all__ = ["KEY_PATTERN", "Filter", "MetadataFilter", "MetadataIndex", "check_filter", "filter_mask", "parse_filter"]
 
 #: A filter is ``{key: value}`` or ``{key: [value, ...]}`` (any of); keys AND together.
 MetadataFilter = Mapping[str, Any]
@@ -79,3 +79,12 @@ def filter_mask(
             allowed[table.get(_key(v), [])] = True
         mask &= allowed
     return mask
+
+
+#: The parsed form of a filter (interim: the filter language of issue 16 replaces this module).
+Filter = dict[str, list[Any]]
+
+
+def parse_filter(filter: MetadataFilter | Filter | None) -> Filter | None:
+    """Interim alias of :func:`check_filter`."""
+    return check_filter(filter)
