@@ -98,6 +98,12 @@ class CatalogState:
     full: bool
 
 
+def _rollback(db: sqlite3.Connection) -> None:
+    """Roll back if a transaction is still open (SQLite ends it by itself on some errors, e.g. a full disk)."""
+    if db.in_transaction:
+        db.execute("ROLLBACK")
+
+
 def _bad(path: Path, problem: str) -> IndexFormatError:
     return IndexFormatError(f"{path} is damaged: {problem}. Restore the index from a backup or re-index")
 
@@ -149,7 +155,7 @@ class Catalog:
                 db.executemany("INSERT INTO meta (key, value) VALUES (?, ?)", rows)
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            _rollback(db)
             raise
 
     def _check_schema(self) -> None:
@@ -210,7 +216,8 @@ class Catalog:
                     ).fetchall()
                     deleted = db.execute("SELECT id FROM deletions WHERE gen > ?", (since,)).fetchall()
             finally:
-                db.execute("COMMIT")
+                if db.in_transaction:
+                    db.execute("COMMIT")
         entries = [self._segment(*row) for row in segments]
         rows_of = {e.name: e.rows for e in entries}
         return CatalogState(
@@ -313,7 +320,7 @@ class Catalog:
                 db.execute("UPDATE meta SET value = ? WHERE key = 'generation'", (str(generation),))
                 db.execute("COMMIT")
             except BaseException:
-                db.execute("ROLLBACK")
+                _rollback(db)
                 raise
         return generation
 
@@ -371,5 +378,5 @@ class Catalog:
                 db.execute("UPDATE meta SET value = ? WHERE key = 'deletions_floor'", (str(cut),))
                 db.execute("COMMIT")
             except BaseException:
-                db.execute("ROLLBACK")
+                _rollback(db)
                 raise

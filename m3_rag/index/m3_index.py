@@ -270,12 +270,20 @@ class M3Index(HybridStore):
             with self._lock:
                 self._transaction -= 1
                 if self._persistent and self._transaction == 0 and self._pending:
-                    self._pending.clear()
-                    self._reload()
+                    self._discard_pending()
             raise
         with self._lock:
             self._transaction -= 1
             self._autocommit()
+
+    def _discard_pending(self) -> None:
+        """Forget uncommitted changes and go back to the folder's committed state (lock held)."""
+        for doc_id, (segment, _) in list(self._row_of.items()):
+            if segment.name is None:
+                del self._row_of[doc_id]
+        self._alive = {s: a for s, a in self._alive.items() if s.name is not None}
+        self._pending.clear()
+        self._reload()
 
     def _autocommit(self) -> None:
         if self._persistent and self._transaction == 0 and self._pending:
