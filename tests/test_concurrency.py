@@ -54,9 +54,8 @@ def complete_batches(index: M3Index) -> dict[str, int]:
 
 
 def start(code: str, *args: object) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-c", code, *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV
-    )
+    command = [sys.executable, "-c", code, *map(str, args)]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
 
 
 @pytest.fixture(scope="module")
@@ -251,10 +250,15 @@ def test_open_index_sees_other_processes_commits(embedder: M3Embedder, tmp_path:
 def test_transaction_commits_once_or_not_at_all(embedder: M3Embedder, tmp_path: Path) -> None:
     folder = new_index(embedder, tmp_path / "idx")
     index = M3Index.open(folder, embedder)
-    with pytest.raises(RuntimeError, match="boom"), index.transaction():
-        index.add(["one"], ids=["t-0"], metadatas=[{"batch": "t", "size": 2}])
-        index.delete("seed-0")
-        raise RuntimeError("boom")
+
+    def failing() -> None:
+        with index.transaction():
+            index.add(["one"], ids=["t-0"], metadatas=[{"batch": "t", "size": 2}])
+            index.delete("seed-0")
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        failing()
     assert sorted(index.ids) == ["seed-0"] and sorted(M3Index.load(folder, embedder).ids) == ["seed-0"]
     generation = index._folder.catalog.generation() if index._folder else -1
     with index.transaction():
