@@ -357,7 +357,7 @@ def _split(value: int | float) -> tuple[float, float]:
     try:
         hi = float(value)
     except OverflowError:
-        return math.copysign(math.inf, value), 0.0
+        return (math.inf if value > 0 else -math.inf), 0.0
     return hi, float(value - int(hi))
 
 
