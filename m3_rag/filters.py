@@ -10,26 +10,20 @@ one dict AND together; ``None`` or ``{}`` is no filter. Operators: ``$eq $ne $in
 $lt $lte $and $or``. :func:`parse_filter` turns the dict into frozen dataclasses that every store
 translates; bad input is a :class:`FilterError` (a ``ValueError``).
 
-Semantics (what :func:`matches` does; the same in :func:`filter_mask`, Milvus and Qdrant):
+Semantics (:func:`matches`; the same in :func:`filter_mask`, Milvus and Qdrant):
 
-- Values have one of four types: ``None``, ``bool``, number (``int`` / ``float``) and ``str``.
-  Equality is type-exact: a bool never equals a number (``{"flag": True}`` does not match ``1``),
-  a string never equals a number (``"1"`` is not ``1``); numbers compare by exact value
-  (``1 == 1.0``, and ``2**53 + 1 != 2.0**53`` as in Python). Other stored values (lists,
-  dicts) equal nothing.
-- A missing key and a key whose value is ``None`` are the same thing (MongoDB's rule): ``$eq
-  None`` matches both, ``$ne None`` matches records that have a non-``None`` value.
-- ``$ne`` / ``$nin`` are the exact negations of ``$eq`` / ``$in``: they match records that lack
-  the key (unless ``None`` is among the values). ``$eq`` / ``$in`` / ranges never match a missing
-  key unless ``None`` is asked for.
-- ``$gt $gte $lt $lte`` compare numbers only: the operand must be a finite ``int`` / ``float``
-  (not bool, not str: string ranges are refused), and a record matches only when its value is a
-  number (bools, strings, ``None`` never match a range). NaN in a record matches no range and
-  no ``$eq``.
-- Filter operands: ``str`` (valid UTF-8), ``bool``, ``None``, finite ``float``, ``int`` within
-  the signed 64-bit range. Keys match :data:`KEY_PATTERN`. At most :data:`MAX_DEPTH` levels of
-  nesting and :data:`MAX_TERMS` terms (conditions plus ``$in`` values).
-- A dead row (metadata ``None`` in :class:`MetadataColumns`) matches nothing, not even ``$ne``.
+- Type-exact equality over four types, ``None``, ``bool``, number (``int`` / ``float``), ``str``:
+  a bool never equals a number (``{"flag": True}`` does not match ``1``), ``"1"`` is not ``1``;
+  numbers compare by exact value as Python does (``1 == 1.0``, ``2**53 + 1 != 2.0**53``).
+  Stored lists / dicts equal nothing.
+- A missing key and a ``None`` value are the same (MongoDB): ``$eq None`` matches both.
+- ``$ne`` / ``$nin`` are the exact negations of ``$eq`` / ``$in``, so they match records that
+  lack the key (unless ``None`` is among the values); ``$eq`` / ``$in`` / ranges never do.
+- ``$gt $gte $lt $lte`` take a finite int / float (string ranges are refused) and match only
+  records whose value is a number (not a bool; NaN matches no range and no ``$eq``).
+- Operands: str (valid Unicode), bool, None, finite float, int in the signed 64-bit range; keys
+  match :data:`KEY_PATTERN`; at most :data:`MAX_DEPTH` levels and :data:`MAX_TERMS` terms.
+- A dead row (``None`` in :class:`MetadataColumns`) matches nothing, not even ``$ne``.
 
 >>> f = parse_filter({"year": {"$gte": 2020}, "lang": {"$in": ["de", "en"]}})
 >>> matches(f, {"year": 2021, "lang": "de"}), matches(f, {"year": 2021.5}), matches(f, {"year": True})
@@ -42,7 +36,9 @@ Semantics (what :func:`matches` does; the same in :func:`filter_mask`, Milvus an
 from __future__ import annotations
 
 import math
+import operator
 import re
+import reprlib
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -50,25 +46,13 @@ from typing import Any
 
 import numpy as np
 
+# fmt: off
 __all__ = [
-    "COMPARISON_OPS",
-    "KEY_PATTERN",
-    "MAX_DEPTH",
-    "MAX_TERMS",
-    "MEMBERSHIP_OPS",
-    "And",
-    "Comparison",
-    "Filter",
-    "FilterError",
-    "Membership",
-    "MetadataColumns",
-    "Or",
-    "Scalar",
-    "filter_mask",
-    "matches",
-    "parse_filter",
-    "to_dict",
+    "COMPARISON_OPS", "KEY_PATTERN", "MAX_DEPTH", "MAX_TERMS", "MEMBERSHIP_OPS", "RANGE_OPS", "And", "Comparison",
+    "Filter", "FilterError", "Membership", "MetadataColumns", "Or", "Scalar", "filter_mask", "matches",
+    "parse_filter", "to_dict",
 ]
+# fmt: on
 
 #: Metadata keys a filter may name (the Milvus and Qdrant stores put them into expressions).
 KEY_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
@@ -77,7 +61,11 @@ MAX_TERMS = 10_000  #: most conditions plus $in / $nin values in one filter
 COMPARISON_OPS = ("$eq", "$ne", "$gt", "$gte", "$lt", "$lte")
 MEMBERSHIP_OPS = ("$in", "$nin")
 RANGE_OPS = ("$gt", "$gte", "$lt", "$lte")
+_RANGE_TESTS = {"$gt": operator.gt, "$gte": operator.ge, "$lt": operator.lt, "$lte": operator.le}
 _INT64 = (-(2**63), 2**63 - 1)
+_SEQUENCES = (list, tuple, set, frozenset)
+_REPR = reprlib.Repr()  # bounded: values shown in messages may be huge or deeply nested
+_REPR.maxstring, _REPR.maxother, _REPR.maxlevel = 60, 60, 3
 Scalar = str | int | float | bool | None
 
 
@@ -85,78 +73,73 @@ class FilterError(ValueError):
     """A filter that is not valid: says what was expected, what was received and how to fix it."""
 
 
+def _fail(key: str, op: str, problem: str, value: object) -> FilterError:
+    return FilterError(f"filter on {key!r}: {op} {problem}, got {type(value).__name__} {_REPR.repr(value)}")
+
+
 def _check_key(key: object) -> str:
     if not isinstance(key, str) or not KEY_PATTERN.fullmatch(key):
         raise FilterError(
-            f"filter key {key!r} is not allowed: keys must match {KEY_PATTERN.pattern} (letters, digits and _, "
-            "not starting with a digit, at most 64 characters); rename the metadata key"
+            f"filter key {_REPR.repr(key)} is not allowed: keys must match {KEY_PATTERN.pattern} (letters, digits "
+            "and _, not starting with a digit, at most 64 characters); rename the metadata key"
         )
     return key
 
 
-def _check_value(key: str, op: str, value: object) -> Scalar:
-    if op in RANGE_OPS:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise FilterError(
-                f"filter on {key!r}: {op} compares numbers, got {type(value).__name__} {value!r}; "
-                "ranges on strings, bools and None are not supported (store dates as numbers, e.g. 20240131)"
-            )
-    elif value is not None and not isinstance(value, (str, int, float, bool)):
-        raise FilterError(
-            f"filter on {key!r}: {op} takes a str, int, float, bool or None, got {type(value).__name__} "
-            f"{value!r}"
-            + ("; use $in for any of several values" if op in ("$eq", "$ne") and isinstance(value, _SEQUENCES) else "")
-        )
+def _check_value(key: str, op: str, value: object) -> None:
+    if op in RANGE_OPS and (isinstance(value, bool) or not isinstance(value, (int, float))):
+        problem = "compares numbers (ranges on strings, bools and None are not supported: store dates as numbers)"
+        raise _fail(key, op, problem, value)
+    if value is not None and not isinstance(value, (str, int, float, bool)):
+        hint = " (use $in for any of several values)" if op in ("$eq", "$ne") and isinstance(value, _SEQUENCES) else ""
+        raise _fail(key, op, "takes a str, int, float, bool or None" + hint, value)
     if isinstance(value, float) and not math.isfinite(value):
-        raise FilterError(f"filter on {key!r}: {op} got {value!r}; filter numbers must be finite")
+        raise _fail(key, op, "takes finite numbers", value)
     if isinstance(value, int) and not isinstance(value, bool) and not _INT64[0] <= value <= _INT64[1]:
-        raise FilterError(f"filter on {key!r}: {op} got {value}; integers must be within the signed 64-bit range")
+        raise _fail(key, op, "takes integers within the signed 64-bit range", value)
     if isinstance(value, str):
         try:
             value.encode("utf-8")
         except UnicodeEncodeError as exc:
-            raise FilterError(f"filter on {key!r}: {op} got a string with a lone surrogate {value!r}") from exc
-    return value
+            raise _fail(key, op, "takes valid Unicode (a string with a lone surrogate)", value) from exc
+
+
+def _check_leaf(key: str, op: str, ops: tuple[str, ...], values: tuple[object, ...]) -> None:
+    _check_key(key)
+    if op not in ops:
+        raise FilterError(f"filter on {key!r}: unknown operator {_REPR.repr(op)}; expected one of {', '.join(ops)}")
+    if len(values) > MAX_TERMS:
+        raise FilterError(f"filter on {key!r}: {op} has {len(values)} values, at most {MAX_TERMS}")
+    for v in values:
+        _check_value(key, op, v)
 
 
 @dataclass(frozen=True)
 class Comparison:
-    """``{key: {op: value}}`` with ``op`` one of :data:`COMPARISON_OPS`."""
+    """``{key: {op: value}}``, ``op`` one of :data:`COMPARISON_OPS`."""
 
     key: str
     op: str
     value: Scalar
+    depth = size = 1
 
     def __post_init__(self) -> None:
-        _check_key(self.key)
-        if self.op not in COMPARISON_OPS:
-            raise FilterError(f"Comparison op must be one of {', '.join(COMPARISON_OPS)}, got {self.op!r}")
-        _check_value(self.key, self.op, self.value)
-
-    depth = 1
-    size = 1
+        _check_leaf(self.key, self.op, COMPARISON_OPS, (self.value,))
 
 
 @dataclass(frozen=True)
 class Membership:
-    """``{key: {"$in" | "$nin": [values]}}``."""
+    """``{key: {op: [values]}}``, ``op`` one of :data:`MEMBERSHIP_OPS`."""
 
     key: str
     op: str
     values: tuple[Scalar, ...]
+    depth = 1
 
     def __post_init__(self) -> None:
-        _check_key(self.key)
-        if self.op not in MEMBERSHIP_OPS:
-            raise FilterError(f"Membership op must be $in or $nin, got {self.op!r}")
         if not isinstance(self.values, tuple):
             raise FilterError(f"Membership values must be a tuple, got {type(self.values).__name__}")
-        if len(self.values) > MAX_TERMS:
-            raise FilterError(f"filter on {self.key!r}: {self.op} has {len(self.values)} values, at most {MAX_TERMS}")
-        for v in self.values:
-            _check_value(self.key, self.op, v)
-
-    depth = 1
+        _check_leaf(self.key, self.op, MEMBERSHIP_OPS, self.values)
 
     @property
     def size(self) -> int:
@@ -172,10 +155,9 @@ class _Group:
     def __post_init__(self) -> None:
         name = "$and" if isinstance(self, And) else "$or"
         if not isinstance(self.terms, tuple) or not self.terms:
-            raise FilterError(f"{name} needs a non-empty tuple of filters, got {self.terms!r}")
-        for t in self.terms:
-            if not isinstance(t, (Comparison, Membership, And, Or)):
-                raise FilterError(f"{name} terms must be parsed filters, got {type(t).__name__}")
+            raise FilterError(f"{name} needs a non-empty tuple of filters, got {_REPR.repr(self.terms)}")
+        if not all(isinstance(t, _NODES) for t in self.terms):
+            raise FilterError(f"{name} terms must be parsed filters, got {_REPR.repr(self.terms)}")
         object.__setattr__(self, "depth", 1 + max(t.depth for t in self.terms))
         object.__setattr__(self, "size", 1 + sum(t.size for t in self.terms))
         if self.depth > MAX_DEPTH:
@@ -196,7 +178,6 @@ class Or(_Group):
 
 Filter = Comparison | Membership | And | Or
 _NODES = (Comparison, Membership, And, Or)
-_SEQUENCES = (list, tuple, set, frozenset)
 
 
 class _Parser:
@@ -208,60 +189,56 @@ class _Parser:
         if self.terms > MAX_TERMS:
             raise FilterError(f"filter has more than {MAX_TERMS} terms (conditions and $in values); use fewer")
 
-    def group(self, op: str, value: object, depth: int) -> Filter:
-        if not isinstance(value, (list, tuple)) or not value:
-            raise FilterError(f"{op} takes a non-empty list of filter dicts, got {type(value).__name__} {value!r}")
-        self.count(len(value))
-        terms = []
-        for item in value:
-            term = self.parse(item, depth + 1)
-            if term is None:
-                raise FilterError(f"every entry of {op} must be a non-empty filter dict, got {item!r}")
-            terms.append(term)
-        return And(tuple(terms)) if op == "$and" else Or(tuple(terms))
-
     def parse(self, obj: object, depth: int) -> Filter | None:
         if depth > MAX_DEPTH:
             raise FilterError(f"filter nested more than {MAX_DEPTH} levels deep; flatten it")
         if not isinstance(obj, Mapping):
-            raise FilterError(f"a filter is a dict such as {{'lang': 'en'}}, got {type(obj).__name__} {obj!r}")
+            raise FilterError(
+                f"a filter is a dict such as {{'lang': 'en'}}, got {type(obj).__name__} {_REPR.repr(obj)}"
+            )
         parts: list[Filter] = []
         for key, value in obj.items():
-            if isinstance(key, str) and key.startswith("$"):
-                if key not in ("$and", "$or"):
-                    raise FilterError(
-                        f"unknown operator {key!r} at the top of a filter dict; expected $and, $or or a metadata key "
-                        f"(field operators such as $eq go inside a key: {{'year': {{'$gte': 2020}}}})"
-                    )
+            if key in ("$and", "$or"):
                 parts.append(self.group(key, value, depth))
+            elif isinstance(key, str) and key.startswith("$"):
+                raise FilterError(
+                    f"unknown operator {_REPR.repr(key)} at the top of a filter dict; expected $and, $or or a metadata "
+                    "key (field operators go inside a key: {'year': {'$gte': 2020}})"
+                )
+            elif isinstance(value, Mapping):
+                if not value:
+                    raise FilterError(f"filter on {key!r}: empty operator dict; give e.g. {{'$eq': 1}}")
+                parts.extend(self.leaf(_check_key(key), op, v) for op, v in value.items())
             else:
-                parts.extend(self.field(_check_key(key), value))
+                parts.append(self.leaf(_check_key(key), "$in" if isinstance(value, _SEQUENCES) else "$eq", value))
         if len(parts) > 1:
             self.count(1)
             return And(tuple(parts))
         return parts[0] if parts else None
 
-    def field(self, key: str, value: object) -> list[Filter]:
-        if isinstance(value, Mapping):
-            if not value:
-                raise FilterError(f"filter on {key!r}: empty operator dict; give e.g. {{'$eq': 1}}")
-            return [self.op(key, op, v) for op, v in value.items()]
-        return [self.op(key, "$in" if isinstance(value, _SEQUENCES) else "$eq", value)]
+    def group(self, op: str, value: object, depth: int) -> Filter:
+        if not isinstance(value, (list, tuple)) or not value:
+            raise FilterError(
+                f"{op} takes a non-empty list of filter dicts, got {type(value).__name__} {_REPR.repr(value)}"
+            )
+        self.count(len(value))
+        terms = [self.parse(item, depth + 1) for item in value]
+        if any(t is None for t in terms):
+            raise FilterError(f"every entry of {op} must be a non-empty filter dict, got {_REPR.repr(value)}")
+        return And(tuple(terms)) if op == "$and" else Or(tuple(terms))  # type: ignore[arg-type]
 
-    def op(self, key: str, op: object, value: object) -> Filter:
+    def leaf(self, key: str, op: object, value: object) -> Filter:
         if op in MEMBERSHIP_OPS:
             if not isinstance(value, _SEQUENCES):
-                raise FilterError(
-                    f"filter on {key!r}: {op} takes a list of values, got {type(value).__name__} {value!r}"
-                )
+                raise _fail(key, str(op), "takes a list of values", value)
             self.count(max(1, len(value)))
             return Membership(key, str(op), tuple(value))
         if op in COMPARISON_OPS:
             self.count(1)
-            return Comparison(key, str(op), _check_value(key, str(op), value))
+            return Comparison(key, str(op), value)  # type: ignore[arg-type]  # checked there
         hint = " (nested metadata is not supported)" if isinstance(op, str) and not op.startswith("$") else ""
         raise FilterError(
-            f"filter on {key!r}: unknown operator {op!r}{hint}; expected one of "
+            f"filter on {key!r}: unknown operator {_REPR.repr(op)}{hint}; expected one of "
             f"{', '.join(COMPARISON_OPS + MEMBERSHIP_OPS)}"
         )
 
@@ -274,7 +251,7 @@ def parse_filter(obj: Filter | Mapping[str, Any] | None) -> Filter | None:
     >>> parse_filter({"year": {"$gt": "2020"}})
     Traceback (most recent call last):
     ...
-    m3_rag.filters.FilterError: filter on 'year': $gt compares numbers, got str '2020'; ranges on strings, ...
+    m3_rag.filters.FilterError: filter on 'year': $gt compares numbers (ranges on strings, ...), got str '2020'
     """
     if obj is None or isinstance(obj, _NODES):
         return obj
@@ -325,15 +302,7 @@ def _test(f: Filter, meta: Mapping[str, Any]) -> bool:
         return any(_equal(value, v) for v in f.values) != (f.op == "$nin")
     if f.op in ("$eq", "$ne"):
         return _equal(value, f.value) != (f.op == "$ne")
-    if _kind(value) != NUMBER:
-        return False
-    if f.op == "$gt":
-        return bool(value > f.value)  # type: ignore[operator]
-    if f.op == "$gte":
-        return bool(value >= f.value)  # type: ignore[operator]
-    if f.op == "$lt":
-        return bool(value < f.value)  # type: ignore[operator]
-    return bool(value <= f.value)  # type: ignore[operator]
+    return _kind(value) == NUMBER and bool(_RANGE_TESTS[f.op](value, f.value))  # type: ignore[arg-type]
 
 
 def matches(filter: Filter | Mapping[str, Any] | None, metadata: Mapping[str, Any] | None) -> bool:
@@ -426,17 +395,16 @@ def _leaf_eq(col: _Column, values: Sequence[Scalar]) -> np.ndarray:
     out = np.zeros(len(col.kind), dtype=bool)
     if any(v is None for v in values):
         out |= col.kind == NULL
-    bools = [float(v) for v in values if isinstance(v, bool)]
+    bools = [float(v) for v in values if _kind(v) == BOOL]  # type: ignore[arg-type]
     if bools:
         out |= (col.kind == BOOL) & np.isin(col.hi, bools)
-    nums = [_split(v) for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    nums = [_split(v) for v in values if _kind(v) == NUMBER]  # type: ignore[arg-type]
     if nums:
-        his = np.array([h for h, _ in nums])
-        if col.lo is None and not any(lo for _, lo in nums):
+        his, los = np.array(nums).T
+        if col.lo is None and not los.any():
             out |= (col.kind == NUMBER) & np.isin(col.hi, his)
-        else:
+        else:  # (hi, lo) pairs as complex numbers: exact equality of big ints
             lo = np.zeros(len(col.kind)) if col.lo is None else col.lo
-            los = np.array([lo for _, lo in nums])
             out |= (col.kind == NUMBER) & np.isin(col.hi + 1j * lo, his + 1j * los)
     found = [col.vocab[v] for v in values if isinstance(v, str) and v in col.vocab]
     if found:
@@ -445,14 +413,11 @@ def _leaf_eq(col: _Column, values: Sequence[Scalar]) -> np.ndarray:
 
 
 def _leaf_range(col: _Column, op: str, value: int | float) -> np.ndarray:
+    """Rows with a number in the range: ``hi`` decides, ``lo`` breaks ties (exact, see _split)."""
     vh, vl = _split(value)
     lo = np.zeros(len(col.kind)) if col.lo is None else col.lo
-    number = col.kind == NUMBER
-    if op in ("$gt", "$gte"):
-        above = (col.hi > vh) | ((col.hi == vh) & ((lo >= vl) if op == "$gte" else (lo > vl)))
-        return number & above
-    below = (col.hi < vh) | ((col.hi == vh) & ((lo <= vl) if op == "$lte" else (lo < vl)))
-    return number & below
+    strict = operator.gt if op in ("$gt", "$gte") else operator.lt
+    return (col.kind == NUMBER) & (strict(col.hi, vh) | ((col.hi == vh) & _RANGE_TESTS[op](lo, vl)))
 
 
 def _mask(f: Filter, columns: MetadataColumns) -> np.ndarray:
