@@ -516,3 +516,29 @@ def test_llama_index_mapping() -> None:
         li.to_core_filter({"k": 1})  # type: ignore[arg-type]
     failures, _ = doctest.testmod(li, optionflags=doctest.ELLIPSIS)
     assert failures == 0
+
+
+# ------------------------------------------------------------------ the user-facing page stays true
+
+
+def test_docs_semantics_table_is_what_the_code_does() -> None:
+    import ast
+    import json
+    from pathlib import Path
+
+    text = (Path(__file__).parent.parent / "docs" / "FILTERS.md").read_text(encoding="utf-8")
+    table = text[text.index("| filter | `True`") :].split("\n\n")[0].splitlines()
+    header, lines = table[0], table[2:]
+    names = [c.strip().strip("`") for c in header.strip("|").split("|")[1:-1]]
+    stored = {"missing": {}, **{n: {"v": ast.literal_eval(n)} for n in names if n != "missing"}}
+    assert len(lines) >= 10
+    for line in lines:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        filter = json.loads(cells[0].strip("`").replace("True", "true").replace("None", "null"))
+        filter = parse_filter(to_dict(parse_filter(filter)))  # JSON true / null -> True / None
+        assert cells[1:-1] == ["✔" if matches(filter, stored[n]) else "·" for n in names], line
+        assert cells[-1] == ("yes" if milvus_expression(filter).exact else "no"), line
+    for message in ("filter on 'year': $gt compares numbers", "unknown operator '$regex'; expected one of"):
+        assert message in text
+    with pytest.raises(FilterError, match=r"unknown operator '\$regex'; expected one of \$eq, \$ne, \$gt"):
+        parse_filter({"lang": {"$regex": "d.*"}})
