@@ -121,10 +121,12 @@ class Comparison:
     key: str
     op: str
     value: Scalar
+    kinds: tuple[int, ...] = field(init=False, repr=False)  # so that (k, $eq, True) != (k, $eq, 1)
     depth = size = 1
 
     def __post_init__(self) -> None:
         _check_leaf(self.key, self.op, COMPARISON_OPS, (self.value,))
+        object.__setattr__(self, "kinds", (_kind(self.value),))
 
 
 @dataclass(frozen=True)
@@ -134,12 +136,14 @@ class Membership:
     key: str
     op: str
     values: tuple[Scalar, ...]
+    kinds: tuple[int, ...] = field(init=False, repr=False)  # type codes of the values: part of equality
     depth = 1
 
     def __post_init__(self) -> None:
         if not isinstance(self.values, tuple):
             raise FilterError(f"Membership values must be a tuple, got {type(self.values).__name__}")
         _check_leaf(self.key, self.op, MEMBERSHIP_OPS, self.values)
+        object.__setattr__(self, "kinds", tuple(_kind(v) for v in self.values))
 
     @property
     def size(self) -> int:

@@ -4,8 +4,10 @@ LlamaIndex mapping."""
 
 from __future__ import annotations
 
+import copy
 import doctest
 import math
+import pickle
 import threading
 
 import numpy as np
@@ -47,6 +49,12 @@ def test_plain_forms_and_operators_parse() -> None:
     assert parse_filter(f) is f  # parsed filters pass through
     assert parse_filter(to_dict(f)) == f
     assert to_dict(None) == {}
+    # equal filters are equal and hash alike; True and 1 are different filters (unlike Python's True == 1)
+    assert parse_filter({"flag": True}) != parse_filter({"flag": 1})
+    assert parse_filter({"flag": [True]}) != parse_filter({"flag": [1]})
+    assert parse_filter({"n": 1}) == parse_filter({"n": 1.0}) and matches({"n": 1}, {"n": 1.0})
+    assert len({parse_filter({"flag": True}), parse_filter({"flag": 1}), parse_filter({"flag": True})}) == 2
+    assert pickle.loads(pickle.dumps(f)) == f and copy.deepcopy(f) == f
     with pytest.raises(AttributeError):
         f.terms = ()  # type: ignore[misc]  # frozen
 
