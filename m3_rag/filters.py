@@ -107,7 +107,11 @@ def _check_value(key: str, op: str, value: object) -> None:
 def _check_leaf(key: str, op: str, ops: tuple[str, ...], values: tuple[object, ...]) -> None:
     _check_key(key)
     if op not in ops:
-        raise FilterError(f"filter on {key!r}: unknown operator {_REPR.repr(op)}; expected one of {', '.join(ops)}")
+        nested = " (nested metadata is not supported)" if isinstance(op, str) and not op.startswith("$") else ""
+        raise FilterError(
+            f"filter on {key!r}: unknown operator {_REPR.repr(op)}{nested}; expected one of "
+            + ", ".join(COMPARISON_OPS + MEMBERSHIP_OPS)
+        )
     if len(values) > MAX_TERMS:
         raise FilterError(f"filter on {key!r}: {op} has {len(values)} values, at most {MAX_TERMS}")
     for v in values:
@@ -225,26 +229,22 @@ class _Parser:
             raise FilterError(
                 f"{op} takes a non-empty list of filter dicts, got {type(value).__name__} {_REPR.repr(value)}"
             )
-        self.count(len(value))
+        if len(value) > MAX_TERMS:
+            raise FilterError(f"{op} has {len(value)} entries, at most {MAX_TERMS}; use fewer conditions")
+        self.count(1)  # the parser counts what the parsed form's .size counts
         terms = [self.parse(item, depth + 1) for item in value]
         if any(t is None for t in terms):
             raise FilterError(f"every entry of {op} must be a non-empty filter dict, got {_REPR.repr(value)}")
         return And(tuple(terms)) if op == "$and" else Or(tuple(terms))  # type: ignore[arg-type]
 
-    def leaf(self, key: str, op: object, value: object) -> Filter:
+    def leaf(self, key: str, op: Any, value: Any) -> Filter:
         if op in MEMBERSHIP_OPS:
             if not isinstance(value, _SEQUENCES):
-                raise _fail(key, str(op), "takes a list of values", value)
+                raise _fail(key, op, "takes a list of values", value)
             self.count(max(1, len(value)))
-            return Membership(key, str(op), tuple(value))
-        if op in COMPARISON_OPS:
-            self.count(1)
-            return Comparison(key, str(op), value)  # type: ignore[arg-type]  # checked there
-        hint = " (nested metadata is not supported)" if isinstance(op, str) and not op.startswith("$") else ""
-        raise FilterError(
-            f"filter on {key!r}: unknown operator {_REPR.repr(op)}{hint}; expected one of "
-            f"{', '.join(COMPARISON_OPS + MEMBERSHIP_OPS)}"
-        )
+            return Membership(key, op, tuple(value))
+        self.count(1)
+        return Comparison(key, op, value)  # checks the operator and the value
 
 
 def parse_filter(obj: Filter | Mapping[str, Any] | None) -> Filter | None:
@@ -378,8 +378,9 @@ class MetadataColumns:
 
     def _build(self, key: str) -> _Column:
         n = len(self._rows)
-        values = [DEAD if m is None else m.get(key) for m in self._rows]
-        kind = np.fromiter((DEAD if m is None else _kind(v) for m, v in zip(self._rows, values)), np.int8, count=n)
+        values = [None if m is None else m.get(key) for m in self._rows]
+        kind = np.fromiter((_kind(v) for v in values), np.int8, count=n)
+        kind[~self.alive] = DEAD
         hi, lo, codes = np.zeros(n), np.zeros(n), np.full(n, -1, dtype=np.int32)
         strings = {v for v in values if isinstance(v, str)}
         vocab = {s: i for i, s in enumerate(sorted(strings))}

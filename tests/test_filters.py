@@ -126,8 +126,12 @@ def test_depth_and_size_limits_never_recurse_deeply() -> None:
         parse_filter({**ok, "y": 2})
     with pytest.raises(FilterError, match=f"at most {MAX_TERMS}|more than {MAX_TERMS}"):
         parse_filter({"x": list(range(MAX_TERMS + 1))})
-    with pytest.raises(FilterError, match=f"more than {MAX_TERMS}"):
+    with pytest.raises(FilterError, match=f"at most {MAX_TERMS}"):
         parse_filter({"$or": [{"x": i} for i in range(MAX_TERMS + 1)]})
+    at_limit = parse_filter({"$or": [{"x": i} for i in range(MAX_TERMS - 3)], "y": 1})  # And(Or(...), y)
+    assert at_limit.size == MAX_TERMS  # type: ignore[union-attr]
+    with pytest.raises(FilterError, match=f"more than {MAX_TERMS}"):
+        parse_filter({"$or": [{"x": i} for i in range(MAX_TERMS - 3)], "y": [1, 2]})
     assert parse_filter({"x": list(range(MAX_TERMS - 1))}).size == MAX_TERMS - 1  # type: ignore[union-attr]
     # hand-built trees are checked too
     node: And | Comparison = Comparison("x", "$eq", 1)
