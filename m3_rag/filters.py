@@ -301,12 +301,11 @@ def _test(f: Filter, meta: Mapping[str, Any]) -> bool:
         return all(_test(t, meta) for t in f.terms)
     if isinstance(f, Or):
         return any(_test(t, meta) for t in f.terms)
-    value = meta.get(f.key)
-    if isinstance(f, Membership):
-        return any(_equal(value, v) for v in f.values) != (f.op == "$nin")
-    if f.op in ("$eq", "$ne"):
-        return _equal(value, f.value) != (f.op == "$ne")
-    return _kind(value) == NUMBER and bool(_RANGE_TESTS[f.op](value, f.value))  # type: ignore[arg-type]
+    value = meta.get(f.key)  # a missing key reads as None
+    if f.op in RANGE_OPS:
+        return _kind(value) == NUMBER and bool(_RANGE_TESTS[f.op](value, f.value))  # type: ignore[union-attr, arg-type]
+    hit = any(_equal(value, v) for v in (f.values if isinstance(f, Membership) else (f.value,)))
+    return hit != (f.op in ("$ne", "$nin"))
 
 
 def matches(filter: Filter | Mapping[str, Any] | None, metadata: Mapping[str, Any] | None) -> bool:
@@ -430,13 +429,10 @@ def _mask(f: Filter, columns: MetadataColumns) -> np.ndarray:
         masks = [_mask(t, columns) for t in f.terms]
         return np.logical_and.reduce(masks) if isinstance(f, And) else np.logical_or.reduce(masks)
     col = columns.column(f.key)
-    if isinstance(f, Membership):
-        hit = _leaf_eq(col, f.values)
-        return columns.alive & ~hit if f.op == "$nin" else hit
-    if f.op in ("$eq", "$ne"):
-        hit = _leaf_eq(col, (f.value,))
-        return columns.alive & ~hit if f.op == "$ne" else hit
-    return _leaf_range(col, f.op, f.value)  # type: ignore[arg-type]
+    if f.op in RANGE_OPS:
+        return _leaf_range(col, f.op, f.value)  # type: ignore[union-attr, arg-type]
+    hit = _leaf_eq(col, f.values if isinstance(f, Membership) else (f.value,))
+    return columns.alive & ~hit if f.op in ("$ne", "$nin") else hit
 
 
 def filter_mask(filter: Filter | Mapping[str, Any] | None, columns: MetadataColumns) -> np.ndarray:
