@@ -245,7 +245,7 @@ FILTERS = st.recursive(
 RECORD = st.one_of(st.none(), st.dictionaries(KEYS, STORED, max_size=3))
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(records=st.lists(RECORD, max_size=25), filter=FILTERS)
 def test_filter_mask_equals_matches(records: list, filter: dict) -> None:
     cols = MetadataColumns(records)
