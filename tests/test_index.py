@@ -129,8 +129,10 @@ def test_filters(index) -> None:
     assert {h.id for h in index.search("capital", k=10, filter={"n": True})} == set()  # True is not 1
     with pytest.raises(ValueError, match="filter key"):
         index.search("capital", filter={'x" or 1': 1})
-    with pytest.raises(TypeError, match="filter value"):
-        index.search("capital", filter={"n": {"$gt": 1}})
+    assert {h.id for h in index.search("capital", k=10, filter={"n": {"$gt": 7}})} == {"d8", "d9"}
+    assert {h.id for h in index.search("capital", k=10, filter={"$or": [{"n": 0}, {"lang": "zh"}]})} == {"d0", "d3"}
+    with pytest.raises(ValueError, match="unknown operator"):
+        index.search("capital", filter={"n": {"$like": 1}})
 
 
 def test_bad_arguments(index, embedder) -> None:

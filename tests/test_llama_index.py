@@ -43,7 +43,7 @@ from m3_rag.integrations.llama_index import (
     M3Reranker,
     M3Retriever,
     M3SparseEmbedding,
-    to_index_filter,
+    to_core_filter,
 )
 
 TEXTS = [
@@ -287,34 +287,31 @@ async def test_retriever_async_runs_off_the_loop(m3_index: M3Index, monkeypatch:
     assert [n.node.node_id for n in got] == [h.id for h in original(QUERY, k=2, first_stage="sparse", candidates=3)]
 
 
-def test_filters_map_to_the_index_filter(m3_index: M3Index) -> None:
+def test_filters_map_to_the_core_filter_language(m3_index: M3Index) -> None:
     nested = MetadataFilters(filters=[
         MetadataFilter(key="lang", value="en"),
         MetadataFilters(filters=[MetadataFilter(key="year", value=[2024, 2022], operator="in")]),
         MetadataFilter(key="year", value=2024),
     ])  # fmt: skip
-    assert to_index_filter(nested) == {"lang": "en", "year": 2024}
-    assert to_index_filter(MetadataFilters(filters=[MetadataFilter(key="k", value="v")], condition="or")) == {"k": "v"}
-    assert to_index_filter({"lang": ["en", "de"]}) == {"lang": ["en", "de"]} and to_index_filter(None) is None
     got = M3Retriever(m3_index, filters=nested).retrieve(QUERY)
     assert sorted(n.node.node_id for n in got) == ["d1", "d2", "d4"]
     contradiction = MetadataFilters(
         filters=[MetadataFilter(key="lang", value="en"), MetadataFilter(key="lang", value="de")]
     )
     assert M3Retriever(m3_index, filters=contradiction).retrieve(QUERY) == []
-
-    with pytest.raises(ValueError, match=r"operator '>' \(GT\) is not supported.*EQ and FilterOperator.IN"):
-        M3Retriever(m3_index, filters=MetadataFilters(filters=[MetadataFilter(key="year", value=2023, operator=">")]))
+    newer = MetadataFilters(filters=[MetadataFilter(key="year", value=2023, operator=">")])
+    assert sorted(n.node.node_id for n in M3Retriever(m3_index, filters=newer).retrieve(QUERY)) == ["d1", "d2", "d4"]
     either = MetadataFilters(
-        filters=[MetadataFilter(key="lang", value="en"), MetadataFilter(key="year", value=2023)],
+        filters=[MetadataFilter(key="lang", value="de"), MetadataFilter(key="year", value=2022)],
         condition=FilterCondition.OR,
     )
-    with pytest.raises(ValueError, match="AND only"):
-        M3Retriever(m3_index, filters=either)
-    with pytest.raises(ValueError, match=r"use FilterOperator\.IN"):
-        to_index_filter(MetadataFilters(filters=[MetadataFilter(key="lang", value=["en", "de"])]))
+    assert sorted(n.node.node_id for n in M3Retriever(m3_index, filters=either).retrieve(QUERY)) == ["d3", "d5"]
+    assert to_core_filter(either) == {"$or": [{"lang": {"$eq": "de"}}, {"year": {"$eq": 2022}}]}
+    text_match = MetadataFilter(key="lang", value="e", operator="text_match")
+    with pytest.raises(ValueError, match="TEXT_MATCH"):
+        M3Retriever(m3_index, filters=MetadataFilters(filters=[text_match]))
     with pytest.raises(TypeError, match="MetadataFilters"):
-        to_index_filter([("lang", "en")])  # type: ignore[arg-type]
+        M3Retriever(m3_index, filters=[("lang", "en")])  # type: ignore[arg-type]
 
 
 def test_retriever_from_nodes(embedder: M3Embedder) -> None:

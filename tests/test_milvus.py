@@ -19,7 +19,7 @@ from test_index import CORPUS, QUERIES, exhaustive
 
 from m3_rag import IndexFormatError, M3Embedder, M3Index, MilvusStore
 from m3_rag.index.colbert_cache import ColbertCache
-from m3_rag.index.milvus_expr import milvus_filter
+from m3_rag.index.milvus_expr import milvus_expression
 from m3_rag.retrieval import HybridStore
 
 IDS = [f"d{i}" for i in range(len(CORPUS))]
@@ -138,7 +138,12 @@ def test_filters_match_m3index(stores, references) -> None:
         {"n": 1.0},
         {"lang": ["zh", "nope"]},
         {"n": []},
-        {"n": float("nan")},
+        {"n": {"$gte": 3, "$lt": 6}},
+        {"n": {"$ne": 1}},
+        {"even": {"$ne": True}},
+        {"lang": {"$nin": ["x"]}},
+        {"$or": [{"n": 0}, {"lang": "zh"}]},
+        {"$and": [{"even": True}, {"n": {"$gt": 2}}]},
     ]
     for flt in cases:
         expected = index.search("capital", k=10, filter=flt)
@@ -146,20 +151,32 @@ def test_filters_match_m3index(stores, references) -> None:
     assert {h.id for h in store.search("capital", k=10, filter={"n": [1, 3, 99]})} == {"d1", "d3"}
     with pytest.raises(ValueError, match="filter key"):
         store.search("capital", filter={'x"] or metadata["n': 1})
-    with pytest.raises(TypeError, match="filter value"):
-        store.search("capital", filter={"n": {"$gt": 1}})
+    with pytest.raises(ValueError, match="finite"):
+        store.search("capital", filter={"n": float("nan")})
 
 
 def test_filter_expression_is_escaped() -> None:
-    assert milvus_filter(None) == "" and milvus_filter({}) == ""
-    assert milvus_filter({"lang": 'x" or id != "'}) == '(metadata["lang"] == "x\\" or id != \\"")'
-    assert milvus_filter({"a": ["q\\", "l\nm"], "b": None}) == (
-        '(metadata["a"] == "q\\\\" or metadata["a"] == "l\\nm") and (metadata["b"] is null)'
+    assert milvus_expression(None) == ("", True) and milvus_expression({}) == ("", True)
+    assert milvus_expression({"lang": 'x" or id != "'}).expression == 'metadata["lang"] == "x\\" or id != \\""'
+    assert milvus_expression({"a": ["q\\", "l\nm"], "b": None}) == (
+        '(metadata["a"] == "q\\\\" or metadata["a"] == "l\\nm") and (metadata["b"] is null)',
+        True,
     )
-    assert milvus_filter({"n": [False, -2, 1e-05]}) == (
-        '(metadata["n"] == false or metadata["n"] == -2 or metadata["n"] == 1e-05)'
+    assert milvus_expression({"n": [False, -2, 1e-05]}) == (  # Milvus says false == 0: the store checks again
+        'metadata["n"] == false or metadata["n"] == -2 or metadata["n"] == 1e-05',
+        False,
     )
-    assert milvus_filter({"n": []}) is None
+    assert milvus_expression({"n": []}).expression is None
+
+
+def test_type_exact_filters_fill_k(make) -> None:
+    """Mixed True / 1 metadata: Milvus's loose `true == 1` must not crowd the candidates out (issue 15)."""
+    store = make()
+    flags = [1] * 12 + [True] * 3
+    store.add([f"document {i} about flags" for i in range(15)], ids=[f"f{i}" for i in range(15)],
+              metadatas=[{"flag": f} for f in flags])  # fmt: skip
+    hits = store.search("document about flags", k=3, candidates=3, filter={"flag": True})
+    assert sorted(h.id for h in hits) == ["f12", "f13", "f14"]
 
 
 def test_injection_does_not_widen_filters_gets_or_deletes(make) -> None:

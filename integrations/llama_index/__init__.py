@@ -36,8 +36,9 @@ except ImportError as exc:
 
 from ._common import SCORE_KEYS
 from .embeddings import M3Embedding, M3SparseEmbedding, to_indices_values
+from .filters import to_core_filter
 from .postprocessor import M3Reranker
-from .retriever import M3Retriever, to_index_filter
+from .retriever import M3Retriever
 
 __all__ = [
     "SCORE_KEYS",
@@ -45,6 +46,6 @@ __all__ = [
     "M3Reranker",
     "M3Retriever",
     "M3SparseEmbedding",
-    "to_index_filter",
+    "to_core_filter",
     "to_indices_values",
 ]

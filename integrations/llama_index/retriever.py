@@ -11,72 +11,31 @@ import torch
 from llama_index.core.base.base_retriever import BaseRetriever
 from llama_index.core.callbacks import CallbackManager
 from llama_index.core.schema import BaseNode, MetadataMode, NodeWithScore, QueryBundle, TextNode
-from llama_index.core.vector_stores.types import FilterCondition, FilterOperator, MetadataFilter, MetadataFilters
+from llama_index.core.vector_stores.types import MetadataFilters
 
 from m3_rag import M3Embedder, M3Index
+from m3_rag.filters import parse_filter
 from m3_rag.retrieval import HybridStore, SearchHit, SearchRequest
 
 from ._common import STAGE_SCORE_KEYS, resolve_embedder
+from .filters import to_core_filter
 
-__all__ = ["M3Retriever", "to_index_filter"]
-
-
-def _flatten(filters: MetadataFilters, out: list[MetadataFilter]) -> list[MetadataFilter]:
-    condition = filters.condition or FilterCondition.AND
-    if condition == FilterCondition.NOT or (condition != FilterCondition.AND and len(filters.filters) > 1):
-        raise ValueError(
-            f"M3Retriever supports filters combined with AND only, got condition={str(condition.value)!r} "
-            f"over {len(filters.filters)} filters; use FilterCondition.AND (several values of one key: "
-            "FilterOperator.IN)"
-        )
-    for item in filters.filters:
-        if isinstance(item, MetadataFilters):
-            _flatten(item, out)
-        else:
-            out.append(item)
-    return out
+__all__ = ["M3Retriever"]
 
 
-def to_index_filter(filters: MetadataFilters | Mapping[str, Any] | None) -> dict[str, Any] | None:
-    """LlamaIndex ``MetadataFilters`` -> the index filter dict ``{key: value}`` / ``{key: [values]}``.
-
-    Supported: ``FilterOperator.EQ`` and ``FilterOperator.IN``, combined with AND (nested
-    groups too). Two conditions on one key keep the values both allow. A plain dict is taken
-    as an index filter already.
-
-    >>> from llama_index.core.vector_stores import FilterOperator, MetadataFilter, MetadataFilters
-    >>> to_index_filter(MetadataFilters(filters=[
-    ...     MetadataFilter(key="lang", value="de"),
-    ...     MetadataFilter(key="year", value=[2023, 2024], operator=FilterOperator.IN)]))
-    {'lang': 'de', 'year': [2023, 2024]}
-    """
+def _core_filter(filters: MetadataFilters | Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """LlamaIndex ``MetadataFilters`` (see :func:`to_core_filter`) or a core filter dict, checked."""
     if filters is None:
         return None
+    if isinstance(filters, MetadataFilters):
+        return to_core_filter(filters) or None
     if isinstance(filters, Mapping):
+        parse_filter(filters)
         return dict(filters)
-    if not isinstance(filters, MetadataFilters):
-        raise TypeError(
-            "filters must be llama_index MetadataFilters or a dict of metadata equalities, "
-            f"got {type(filters).__name__}"
-        )
-    allowed: dict[str, list[Any]] = {}
-    for f in _flatten(filters, []):
-        if f.operator == FilterOperator.EQ:
-            if isinstance(f.value, list):
-                raise ValueError(
-                    f"filter on {f.key!r}: FilterOperator.EQ takes one value, got a list {f.value!r}; "
-                    "use FilterOperator.IN for any of several values"
-                )
-            values = [f.value]
-        elif f.operator == FilterOperator.IN:
-            values = list(f.value) if isinstance(f.value, list) else [f.value]
-        else:
-            raise ValueError(
-                f"filter on {f.key!r}: operator {f.operator.value!r} ({f.operator.name}) is not supported; "
-                "M3Retriever supports FilterOperator.EQ and FilterOperator.IN (combined with AND)"
-            )
-        allowed[f.key] = [v for v in allowed[f.key] if v in values] if f.key in allowed else values
-    return {key: values[0] if len(values) == 1 else values for key, values in allowed.items()}
+    raise TypeError(
+        "filters must be llama_index MetadataFilters or an m3-rag filter dict such as {'lang': 'en'}, "
+        f"got {type(filters).__name__}"
+    )
 
 
 def _node(hit: SearchHit) -> NodeWithScore:
@@ -106,7 +65,8 @@ class M3Retriever(BaseRetriever):
         candidates: first-stage candidates per mode (default 100).
         weights: ``(w_dense, w_sparse, w_colbert)`` of the hybrid score.
         first_stage: ``"dense"``, ``"sparse"`` or both (default).
-        filters: ``MetadataFilters`` (``EQ`` / ``IN``, AND) or an index filter dict.
+        filters: ``MetadataFilters`` (EQ, NE, IN, NIN, GT, GTE, LT, LTE, nested AND / OR) or an m3-rag
+            filter dict (see :mod:`m3_rag.filters`).
 
     Example:
         >>> from m3_rag import M3Embedder, M3Index
@@ -149,7 +109,7 @@ class M3Retriever(BaseRetriever):
         self.weights = checked
         self.first_stage = stages
         self.filters = filters
-        self._filter = to_index_filter(filters)
+        self._filter = _core_filter(filters)
         self.cross_encoder = cross_encoder  # optional cross-encoder final stage (see M3Index.search)
         self.cross_encoder_top_n = cross_encoder_top_n
         super().__init__(callback_manager=callback_manager, verbose=verbose)
@@ -186,8 +146,6 @@ class M3Retriever(BaseRetriever):
         return embedder
 
     def _retrieve(self, query_bundle: QueryBundle) -> list[NodeWithScore]:
-        if self._filter is not None and any(v == [] for v in self._filter.values()):
-            return []  # two conditions on one key that no value satisfies
         hits = self.index.search(
             query_bundle.query_str,
             k=self.similarity_top_k,

@@ -60,14 +60,14 @@ from tqdm.auto import tqdm
 
 from ..encoder import M3Embedder
 from ..errors import IndexFormatError, ModelMismatchError
-from ..filters import MetadataIndex, filter_mask
+from ..filters import MetadataColumns, filter_mask
 from ..output import M3Output
 from ..records import Record, check_ids, check_metadatas, check_texts
 from ..retrieval import Candidates, HybridStore, QueryBatch, SearchRequest
 from ..scoring import colbert_scores_at
 from ..sparse import SparseVector, stack_csr
 from .colbert_cache import ColbertCache, ColbertDtype, text_keys
-from .milvus_expr import ids_expression, milvus_filter
+from .milvus_expr import ids_expression, milvus_expression
 
 __all__ = ["MilvusStore", "recorded_model"]
 
@@ -418,44 +418,72 @@ class MilvusStore(HybridStore):
 
     # ------------------------------------------------------------------ the first stage (see HybridStore)
     def _candidates(self, queries: QueryBatch, request: SearchRequest) -> list[Candidates]:
-        """One Milvus search per first-stage mode for all queries; scores recomputed from the stored vectors."""
+        """One Milvus search per first-stage mode for all queries; scores recomputed from the stored vectors.
+
+        Where Milvus cannot evaluate the filter exactly (it compares JSON ``true == 1``), its result is a
+        superset: the stored metadata is checked exactly, and the search asks for more candidates until
+        each query has ``candidates`` that pass (or Milvus has no more), so the hits equal ``M3Index``'s.
+        """
         m = len(queries)
-        expr = milvus_filter(request.filter)
+        expr, exact = milvus_expression(request.filter)
         if expr is None:
             return [Candidates.empty() for _ in range(m)]
-        limit = min(int(request.candidates), _MAX_TOPK)
-        stages = request.first_stage
-        by_dense = self._first_stage("dense", list(queries.dense), limit, expr) if "dense" in stages else None
-        by_sparse = (
-            self._first_stage("sparse", [s.to_dict() for s in queries.sparse], limit, expr)
-            if "sparse" in stages
-            else None
-        )
-        found = set().union(*(by_dense or []), *(by_sparse or []))
-        rows = sorted(self._fetch(sorted(found), ["id", "text", "metadata", "dense", "sparse"]), key=lambda r: r["id"])
-        metas = [dict(r["metadata"] or {}) for r in rows]
-        mask = filter_mask(request.filter, metas, MetadataIndex())  # exact semantics (Milvus says true == 1)
-        if mask is not None:
-            rows, metas = [r for r, ok in zip(rows, mask) if ok], [m_ for m_, ok in zip(metas, mask) if ok]
-        if not rows:
-            return [Candidates.empty() for _ in range(m)]
-        position = {r["id"]: p for p, r in enumerate(rows)}
+        want = int(request.candidates)
+        limit = min(want, _MAX_TOPK)
+        sparse_queries = [s.to_dict() for s in queries.sparse]
+        while True:
+            stages = {
+                "dense": self._first_stage("dense", list(queries.dense), limit, expr)
+                if "dense" in request.first_stage
+                else None,
+                "sparse": self._first_stage("sparse", sparse_queries, limit, expr)
+                if "sparse" in request.first_stage
+                else None,
+            }
+            found = sorted({i for per_query in stages.values() for ids in per_query or [] for i in ids})
+            rows = {r["id"]: r for r in self._fetch(found, ["id", "text", "metadata", "dense", "sparse"])}
+            ids = sorted(rows)
+            passing = filter_mask(request.filter, MetadataColumns([dict(rows[i]["metadata"] or {}) for i in ids]))
+            allowed = {i for i, ok in zip(ids, passing.tolist()) if ok}
+            short = any(
+                len(got) == limit and sum(i in allowed for i in got) < want
+                for per_query in stages.values()
+                for got in per_query or []
+            )
+            if exact or not short or limit >= _MAX_TOPK:
+                break
+            limit = min(_MAX_TOPK, limit * 2)
+        return self._score(queries, stages, rows, allowed, want)
+
+    def _score(
+        self,
+        queries: QueryBatch,
+        stages: dict[str, list[list[str]] | None],
+        rows: dict[str, dict[str, Any]],
+        allowed: set[str],
+        want: int,
+    ) -> list[Candidates]:
         vocab = self.embedder.vocab_size
-        dense_all = np.asarray([r["dense"] for r in rows], dtype=np.float32) @ queries.dense.T  # (c, m)
-        stored = stack_csr([{t: v for t, v in r["sparse"].items() if t < vocab} for r in rows], vocab)
+        ids = sorted(allowed)
+        if not ids:
+            return [Candidates.empty() for _ in range(len(queries))]
+        position = {i: p for p, i in enumerate(ids)}
+        dense = np.asarray([rows[i]["dense"] for i in ids], dtype=np.float32)
+        stored = stack_csr([{t: v for t, v in rows[i]["sparse"].items() if t < vocab} for i in ids], vocab)
         sparse_all = np.asarray((stack_csr(queries.sparse, vocab) @ stored.T).todense(), dtype=np.float32)  # (m, c)
         out = []
-        for j in range(m):
-            picked = [position[i] for i in (by_dense[j] if by_dense else []) if i in position]
-            lexical = [position[i] for i in (by_sparse[j] if by_sparse else []) if i in position]
-            picked += [p for p in lexical if sparse_all[j, p] > 0]
-            pos = np.unique(np.asarray(picked, dtype=np.int64)).tolist()
+        for j in range(len(queries)):
+            picked = [position[i] for i in (stages["dense"] or [[]] * len(queries))[j] if i in allowed][:want]
+            lexical = [position[i] for i in (stages["sparse"] or [[]] * len(queries))[j] if i in allowed]
+            picked += [p for p in lexical if sparse_all[j, p] > 0][:want]
+            pos = np.unique(np.asarray(picked, dtype=np.int64))
+            q = np.asarray(queries.dense[j], dtype=np.float32)
             out.append(
                 Candidates(
-                    [rows[p]["id"] for p in pos],
-                    [rows[p]["text"] for p in pos],
-                    [metas[p] for p in pos],
-                    dense_all[pos, j],
+                    [ids[p] for p in pos.tolist()],
+                    [rows[ids[p]]["text"] for p in pos.tolist()],
+                    [dict(rows[ids[p]]["metadata"] or {}) for p in pos.tolist()],
+                    (dense[pos] * q).sum(axis=1, dtype=np.float32),
                     sparse_all[j, pos],
                     None,  # ColBERT: from the side store or re-encoded, by the pipeline, outside any lock
                 )

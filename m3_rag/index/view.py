@@ -15,7 +15,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from ..filters import Filter, MetadataIndex, filter_mask
+from ..filters import Filter, MetadataColumns, filter_mask
 from ..ranking import top_k
 from ..retrieval import Candidates, QueryBatch, SearchRequest
 from ..sparse import stack_csr
@@ -46,11 +46,9 @@ class View:
 def _segment_mask(segment: Segment, alive: np.ndarray, flt: Filter | None) -> np.ndarray:
     if flt is None:
         return alive
-    if segment.filter_cache is None:
-        segment.filter_cache = ([m if m is not None else {} for m in segment.metadatas], MetadataIndex())
-    metadatas, index = segment.filter_cache
-    mask = filter_mask(flt, metadatas, index)
-    return alive if mask is None else alive & mask
+    if segment.filter_cache is None:  # rows never change: one set of columns per segment, built lazily
+        segment.filter_cache = MetadataColumns(segment.metadatas)
+    return alive & filter_mask(flt, segment.filter_cache)
 
 
 def search_view(view: View, queries: QueryBatch, request: SearchRequest, vocab_size: int) -> list[Candidates]:
