@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
+import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -160,3 +164,128 @@ def test_milvus_store(tmp_path) -> None:
     assert len(hits) == 2 and all(set(h["scores"]) == {"dense", "sparse", "colbert"} for h in hits)
     info = json.loads(m3_rag("info", "--index", "docs", "--milvus", db, "--json").stdout)
     assert info["chunks"] > len(list(CORPUS.iterdir()))
+
+
+def test_milvus_collection_remembers_its_model(tmp_path) -> None:
+    pytest.importorskip("pymilvus")
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "a.txt").write_text("Berlin is the capital of Germany.", encoding="utf-8")
+    db = str(tmp_path / "m3.db")
+    assert m3_rag("index", str(corpus), "--index", "docs", "--milvus", db, "-q").returncode == 0
+    info = m3_rag("info", "--index", "docs", "--milvus", db, "--json", model=None)  # no --model, no $M3_RAG_MODEL
+    assert info.returncode == 0, info.stderr
+    assert json.loads(info.stdout)["model"] == str(TINY.resolve())
+    found = m3_rag("search", "Berlin", "--index", "docs", "--milvus", db, "--json", model=None)
+    assert found.returncode == 0 and json.loads(found.stdout)[0]["source"].endswith("a.txt")
+
+
+@pytest.mark.slow
+def test_index_skips_what_it_cannot_read_and_forgets_deleted_files(tmp_path) -> None:
+    corpus = tmp_path / "corpus"
+    (corpus / "sub").mkdir(parents=True)
+    outside = tmp_path / "outside.txt"
+    outside.write_text("A file outside the folder.", encoding="utf-8")
+    (corpus / "good.txt").write_text("Berlin is the capital of Germany.", encoding="utf-8")
+    (corpus / "sub" / "deep.md").write_text("Madrid is the capital of Spain.", encoding="utf-8")
+    (corpus / "keep.txt").write_text("Paris is the capital of France.", encoding="utf-8")
+    (corpus / "empty.txt").write_text("  \n", encoding="utf-8")
+    (corpus / "latin1.txt").write_bytes("caf\xe9 cr\xe8me".encode("latin-1"))
+    (corpus / "broken.txt").symlink_to(tmp_path / "nowhere.txt")
+    (corpus / "out.txt").symlink_to(outside)
+    (corpus / "inside.txt").symlink_to(corpus / "good.txt")
+    (corpus / "loop").symlink_to(corpus, target_is_directory=True)
+    (corpus / os.fsdecode(b"bad-\xff-name.txt")).write_text("odd name", encoding="utf-8")
+    index = tmp_path / "index"
+    first = m3_rag("index", str(corpus), "--index", str(index), "-q", "-v")
+    assert first.returncode == 0, first.stderr
+    out = first.stdout
+    assert "indexed 4 file(s)" in out  # good, deep, keep and the link inside the folder (under its own path)
+    for reason in ("1 broken link", "1 empty", "1 link to a file outside the folder", "1 link to a folder",
+                   "1 name is not valid UTF-8", "1 not UTF-8 text"):  # fmt: skip
+        assert reason in out, out
+    assert "latin1.txt" in first.stderr and "skipped" in first.stderr  # -v names each skipped file
+    hits = json.loads(m3_rag("search", "capital", "--index", str(index), "-k", "10", "--json").stdout)
+    sources = {Path(h["source"]).name for h in hits}
+    assert sources == {"good.txt", "deep.md", "keep.txt", "inside.txt"}
+    assert all(h["start"] == 0 and h["end"] > 0 for h in hits)  # --json keeps the offsets
+    (corpus / "keep.txt").unlink()
+    (corpus / "sub" / "deep.md").unlink()
+    second = m3_rag("index", str(corpus), "--index", str(index), "-q")
+    assert second.returncode == 0, second.stderr
+    assert "2 old chunk(s) removed (2 file(s) no longer exist)" in second.stdout and "2 unchanged" in second.stdout
+    hits = json.loads(m3_rag("search", "capital", "--index", str(index), "-k", "10", "--json").stdout)
+    assert {Path(h["source"]).name for h in hits} == {"good.txt", "inside.txt"}
+
+
+def many_files(folder: Path, n: int, tag: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        (folder / f"{tag}{i:03d}.txt").write_text(f"Document {tag} {i}: " + "words about cities " * 5, encoding="utf-8")
+    return folder
+
+
+@pytest.mark.slow
+def test_an_interrupted_run_keeps_its_batches_and_the_next_run_resumes(tmp_path) -> None:
+    corpus = many_files(tmp_path / "corpus", 300, "f")
+    index = tmp_path / "index"
+    script = Path(sys.executable).with_name("m3-rag")
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "m3_rag"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "M3_RAG_MODEL": str(TINY)}
+    args = ["index", str(corpus), "--index", str(index), "--batch-chunks", "2"]
+    child = subprocess.Popen([*command, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (index / "catalog.sqlite").exists():
+        time.sleep(0.05)
+    while time.time() < deadline:  # wait for a few commits (read the catalog directly), then interrupt
+        with contextlib.suppress(sqlite3.Error), sqlite3.connect(index / "catalog.sqlite") as db:
+            if db.execute("SELECT COUNT(*) FROM docs").fetchone()[0] >= 8:
+                break
+        time.sleep(0.02)
+    child.send_signal(signal.SIGINT)
+    _, err = child.communicate(timeout=60)
+    assert child.returncode == 130 and "every committed batch is kept" in err, err
+    kept = json.loads(m3_rag("info", "--index", str(index), "--json").stdout)["chunks"]
+    assert 8 <= kept < 300
+    resumed = m3_rag("index", str(corpus), "--index", str(index), "-q")
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"{kept} unchanged" in resumed.stdout and f"indexed {300 - kept} file(s)" in resumed.stdout
+    assert json.loads(m3_rag("info", "--index", str(index), "--json").stdout)["chunks"] == 300
+
+
+@pytest.mark.slow
+def test_two_index_runs_at_once_both_land(tmp_path) -> None:
+    a, b = many_files(tmp_path / "a", 25, "a"), many_files(tmp_path / "b", 25, "b")
+    index = tmp_path / "index"
+    script = Path(sys.executable).with_name("m3-rag")
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "m3_rag"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "M3_RAG_MODEL": str(TINY)}
+    pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True, "env": env}
+    runs = [
+        subprocess.Popen([*command, "index", str(folder), "--index", str(index), "--batch-chunks", "5", "-q"], **pipes)
+        for folder in (a, b)
+    ]
+    for run in runs:
+        out, err = run.communicate(timeout=300)
+        assert run.returncode == 0, err
+        assert "indexed 25 file(s)" in out
+    info = json.loads(m3_rag("info", "--index", str(index), "--json").stdout)
+    assert info["chunks"] == 50 and info["sources"] == 50
+
+
+def test_small_edges(built, tmp_path) -> None:
+    _, index = built
+    version = m3_rag("--version")
+    assert version.returncode == 0 and version.stdout.startswith("m3-rag ")
+    negative = m3_rag("search", "q", "--index", str(index), "--weights", "-1,1,1")
+    assert negative.returncode == 1 and "weights must be finite, >= 0" in negative.stderr  # parsed, then refused
+    wide = m3_rag("search", "capital", "--index", str(index), "-k", "300", "--candidates", "3", "--json")
+    hits = json.loads(wide.stdout)
+    chunks = json.loads(m3_rag("info", "--index", str(index), "--json").stdout)["chunks"]
+    assert len(hits) == chunks and f"found {chunks} hit(s) (asked for 300" in wide.stderr  # the pool widened to -k
+    script = Path(sys.executable).with_name("m3-rag")
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "m3_rag"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "M3_RAG_MODEL": str(TINY)}
+    pipeline = f"{' '.join(command)} search capital --index {index} -k 50 | head -1"  # the exit status is m3-rag's
+    piped = subprocess.run(["bash", "-o", "pipefail", "-c", pipeline], env=env, capture_output=True, text=True)
+    assert piped.returncode == 0 and "Broken pipe" not in piped.stderr and piped.stdout.startswith("1. ")
