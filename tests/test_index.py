@@ -251,3 +251,49 @@ def test_save_refuses_a_foreign_folder(index, tmp_path) -> None:
     with pytest.raises(FileExistsError, match="not an m3-rag index"):
         index.save(tmp_path / "mine")
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+
+
+def test_bad_text_ids_and_metadata_are_refused_at_add(index) -> None:
+    """Lone surrogates and over-deep metadata fail the add with a clear error, never a later save or search."""
+    cases = [
+        ({"texts": ["ok \ud800"]}, ValueError, r"texts\[0\] contains a lone surrogate \(U\+D800 at position 3\)"),
+        ({"texts": ["ok"], "ids": ["id-\udfff"]}, ValueError, r"ids\[0\] contains a lone surrogate"),
+        ({"texts": ["ok"], "metadatas": [{"k": "v\ud800"}]}, ValueError, r"metadatas\[0\]\['k'\] contains a lone"),
+        ({"texts": ["ok"], "metadatas": [{"k\ud800": 1}]}, ValueError, r"a key of metadatas\[0\] contains a lone"),
+        ({"texts": ["ok"], "metadatas": [{"k": float("nan")}]}, ValueError, "must be finite"),
+        ({"texts": ["ok"], "metadatas": [{1: "v"}]}, TypeError, "keys must be str"),
+    ]
+    deep: dict = {}
+    node = deep
+    for _ in range(500):
+        node["a"] = {}
+        node = node["a"]
+    cases.append(({"texts": ["ok"], "metadatas": [deep]}, ValueError, "nested more than 32 levels"))
+    before = len(index)
+    for kwargs, error, message in cases:
+        texts = kwargs.pop("texts")
+        with pytest.raises(error, match=message):
+            index.add(texts, **kwargs)
+    assert len(index) == before
+    with pytest.raises(ValueError, match=r"queries\[1\] contains a lone surrogate"):
+        index.search_batch(["fine", "bad \ud800"])
+    with pytest.raises(ValueError, match="lone surrogate"):
+        index.embedder.encode(["\ud800"])
+
+
+def test_search_batch_works_in_blocks(index, monkeypatch) -> None:
+    """Score matrices are bounded: queries x documents x 8 bytes <= SCORE_BUDGET per block."""
+    import m3_rag.index.m3_index as module
+
+    queries = [f"query {i} about capitals" for i in range(7)] + QUERIES
+    whole = index.search_batch(queries, k=3)
+    monkeypatch.setattr(module, "SCORE_BUDGET", 8 * len(CORPUS) * 2)  # two queries per block
+    assert index._query_block() == 2
+    seen = []
+    original = index._candidates
+    monkeypatch.setattr(index, "_candidates", lambda q, r: seen.append(len(q)) or original(q, r))
+    blocked = index.search_batch(queries, k=3)
+    assert seen == [2] * 5 + [1]
+    for a, b in zip(blocked, whole):  # queries encoded in other batches: equal to float32 rounding
+        assert [h.id for h in a] == [h.id for h in b]
+        np.testing.assert_allclose([h.score for h in a], [h.score for h in b], rtol=1e-6)

@@ -98,6 +98,27 @@ class CatalogState:
     full: bool
 
 
+class _Translate:
+    """Turn what a damaged or crafted database makes SQLite raise into IndexFormatError (a full disk,
+    a lock timeout or an I/O error stay what they are: sqlite3.OperationalError)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
+        if exc is None or isinstance(exc, (sqlite3.OperationalError, IndexFormatError)):
+            return
+        if isinstance(exc, (sqlite3.DatabaseError, UnicodeDecodeError, OverflowError)):
+            raise _bad(self.path, f"{type(exc).__name__}: {exc}") from exc
+
+
+def _strict_text(raw: bytes) -> str:
+    return raw.decode("utf-8")
+
+
 def _rollback(db: sqlite3.Connection) -> None:
     """Roll back if a transaction is still open (SQLite ends it by itself on some errors, e.g. a full disk)."""
     if db.in_transaction:
@@ -123,6 +144,8 @@ class Catalog:
             self._db = sqlite3.connect(path, timeout=_BUSY_MS / 1000, isolation_level=None, check_same_thread=False)
         except sqlite3.Error as exc:
             raise _bad(path, f"SQLite cannot open it ({exc})") from exc
+        self._db.text_factory = _strict_text  # invalid UTF-8 in a crafted database: an error, not mojibake
+        self._guard = _Translate(path)
         try:
             self._db.execute("PRAGMA trusted_schema = OFF")
             self._db.execute(f"PRAGMA busy_timeout = {_BUSY_MS}")
@@ -171,7 +194,7 @@ class Catalog:
 
     # ------------------------------------------------------------------ meta
     def meta(self) -> dict[str, str]:
-        with self._lock:
+        with self._lock, self._guard:
             rows = self._db.execute("SELECT key, value FROM meta").fetchall()
         out = {}
         for key, value in rows:
@@ -182,7 +205,7 @@ class Catalog:
 
     def generation(self) -> int:
         """The number of the latest commit (a cheap read: searches of an open index check it)."""
-        with self._lock:
+        with self._lock, self._guard:
             row = self._db.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()
         return self._int(row[0] if row else None, "the generation")
 
@@ -196,7 +219,7 @@ class Catalog:
     # ------------------------------------------------------------------ reading
     def read(self, since: int | None = None) -> CatalogState:
         """A consistent snapshot: everything (``since=None``), or what changed after generation ``since``."""
-        with self._lock:
+        with self._lock, self._guard:
             db = self._db
             db.execute("BEGIN")
             try:
@@ -274,7 +297,7 @@ class Catalog:
         """One transaction: add ``segment``, upsert ``docs`` (pointing at it), delete ids, apply
         ``moves`` ``(id, old segment, old row, new segment, new row)`` where the id still points at
         the old place (compaction), drop segments no document points at; returns the new generation."""
-        with self._lock:
+        with self._lock, self._guard:
             db = self._db
             db.execute("BEGIN IMMEDIATE")
             try:
@@ -326,7 +349,7 @@ class Catalog:
 
     def stats(self) -> dict[str, Any]:
         """Counts for ``m3-rag info``: documents, distinct ``source`` metadata, live segments and their bytes."""
-        with self._lock:
+        with self._lock, self._guard:
             db = self._db
             try:
                 documents = db.execute("SELECT COUNT(*) FROM docs").fetchone()[0]
@@ -351,12 +374,12 @@ class Catalog:
 
     def dropped_segments(self) -> list[str]:
         """Segments that no document points at any more (their files may go once nobody uses them)."""
-        with self._lock:
+        with self._lock, self._guard:
             rows = self._db.execute("SELECT name FROM segments WHERE state = 'dropped'").fetchall()
         return [r[0] for r in rows if isinstance(r[0], str) and SEGMENT_NAME.match(r[0])]
 
     def all_segment_names(self) -> set[str]:
-        with self._lock:
+        with self._lock, self._guard:
             return {r[0] for r in self._db.execute("SELECT name FROM segments") if isinstance(r[0], str)}
 
     def forget_segment(self, name: str) -> None:
@@ -366,7 +389,7 @@ class Catalog:
 
     def prune_deletions(self, keep: int = 100_000) -> None:
         """Forget old deletions beyond the newest ``keep``; readers older than that reload fully."""
-        with self._lock:
+        with self._lock, self._guard:
             db = self._db
             count = db.execute("SELECT COUNT(*) FROM deletions").fetchone()[0]
             if count <= keep:

@@ -37,7 +37,7 @@ from ..encoder import M3Embedder
 from ..errors import IndexFormatError, ModelMismatchError
 from ..records import check_json_value, metadata_json
 from .catalog import CATALOG, FORMAT, FORMAT_VERSION, SEGMENT_NAME, Catalog, CatalogState, DocRow, SegmentEntry
-from .files import SegmentLock, fsync_dir, try_lock_exclusive
+from .files import SegmentLock, damaged, fsync_dir, try_lock_exclusive
 from .segment import Segment, open_segment, write_segment
 
 try:
@@ -200,6 +200,11 @@ class IndexFolder:
         docs = []
         for doc in state.docs:
             segment = by_name[doc.segment]
+            if segment.ids[doc.row] not in (None, doc.id):
+                raise IndexFormatError(
+                    f"{self.path / CATALOG} is damaged: documents {segment.ids[doc.row]!r:.60} and {doc.id!r:.60} "
+                    f"both point at row {doc.row} of segment {doc.segment}"
+                )
             if segment.ids[doc.row] is None:
                 segment.ids[doc.row] = doc.id
                 segment.texts[doc.row] = doc.text
@@ -229,6 +234,8 @@ class IndexFolder:
             raise IndexFormatError(f"{folder} is damaged: a segment must be a folder inside the index, not a link")
         if not folder.is_dir():
             raise _Vanished(entry.name)
+        if (folder / ".lock").is_symlink():
+            raise damaged(folder, "its .lock is a link")
         lock = SegmentLock.shared(folder)
         if lock is None:
             raise _Vanished(entry.name)
