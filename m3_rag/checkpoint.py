@@ -191,7 +191,7 @@ def read_config(folder: Path, *, trust_remote_code: bool = False) -> dict[str, A
     from transformers.activations import ACT2FN
 
     if act not in ACT2FN:
-        raise CheckpointError(f"{where}: hidden_act {act!r} is not an activation transformers knows ({sorted(ACT2FN)})")
+        raise CheckpointError(f"{where}: hidden_act {act!r} is not an activation transformers knows (e.g. 'gelu')")
     return config
 
 

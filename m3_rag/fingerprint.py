@@ -167,17 +167,18 @@ class _Safetensors:
             head = f.read(8)
             length = int.from_bytes(head, "little") if len(head) == 8 else -1
             if not 2 <= length <= min(_MAX_HEADER, size - 8):
+                found = f"only {size} bytes" if length < 0 else f"a header length of {length} in {size} bytes"
                 raise CheckpointError(
-                    f"{path.name} is not a safetensors file: its header length {length} does not fit a "
-                    f"{size}-byte file; re-save the weights (save_pretrained) or download them again"
+                    f"{path} is not a safetensors file ({found}); re-save the weights (save_pretrained) or "
+                    "download them again"
                 )
             raw = f.read(length)
         try:
             header = json.loads(raw)
         except ValueError as exc:
-            raise CheckpointError(f"{path.name}: the safetensors header is not valid JSON ({exc})") from exc
+            raise CheckpointError(f"{path}: the safetensors header is not valid JSON ({exc})") from exc
         if not isinstance(header, dict):
-            raise CheckpointError(f"{path.name}: the safetensors header is a {type(header).__name__}, not an object")
+            raise CheckpointError(f"{path}: the safetensors header is a {type(header).__name__}, not an object")
         data_size = size - 8 - length
         self.entries: dict[str, tuple[str, tuple[int, ...], int, int]] = {}
         for name, entry in header.items():
@@ -212,7 +213,7 @@ class _Safetensors:
                     problem = f"shape {shape} of {entry['dtype']} does not fill data_offsets {offsets}"
                 else:
                     return entry["dtype"], tuple(shape), offsets[0], offsets[1]
-        raise CheckpointError(f"{self.path.name}: tensor {name!r} is malformed: {problem}")
+        raise CheckpointError(f"{self.path}: tensor {name!r} is malformed: {problem}; download the weights again")
 
     def sample(self, name: str, count: int) -> bytes:
         dtype, shape, begin, end = self.entries[name]
@@ -238,13 +239,15 @@ class _TorchBin:
                 state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:
             raise CheckpointError(
-                f"could not read {path.name} as a state dict of tensors ({type(exc).__name__}: {exc}); "
+                f"could not read {path} as a state dict of tensors ({type(exc).__name__}: {exc}); "
                 "m3-rag loads weights with weights_only=True and refuses pickled code"
             ) from exc
         if not isinstance(state, dict) or not all(
             isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
         ):
-            raise CheckpointError(f"{path.name} should hold a state dict (tensor name -> tensor)")
+            raise CheckpointError(
+                f"{path} should hold a state dict (tensor name -> tensor), got {type(state).__name__}"
+            )
         self.tensors = state
         self.entries: dict[str, tuple[str, tuple[int, ...], int, int]] = {}
         for name, tensor in state.items():

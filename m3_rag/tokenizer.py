@@ -64,6 +64,26 @@ def read_special_tokens(folder: str | Path) -> dict[str, str]:
     return specials
 
 
+_MODEL_TYPES = ("BPE", "Unigram", "WordLevel", "WordPiece")
+
+
+def _diagnose(path: Path) -> str:
+    """What is wrong with a ``tokenizer.json`` the library refused, in words (only on that error path)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, RecursionError) as exc:
+        return f"it is not valid JSON: {_one_line(exc)}"
+    if not isinstance(data, dict):
+        return f"it holds a JSON {type(data).__name__}, not an object"
+    model = data.get("model")
+    if not isinstance(model, dict):
+        return "it has no 'model' object"
+    kind = model.get("type")
+    if kind is not None and kind not in _MODEL_TYPES:
+        return f"its model type {kind!r} is not one the tokenizers library knows ({', '.join(_MODEL_TYPES)})"
+    return "its structure is not the tokenizers library's"
+
+
 def _read_tokenizer(folder: Path) -> Tokenizer:
     path = folder / "tokenizer.json"
     if path.is_file():
@@ -71,8 +91,8 @@ def _read_tokenizer(folder: Path) -> Tokenizer:
             return Tokenizer.from_file(str(path))
         except Exception as exc:  # the tokenizers library raises a bare Exception for every problem
             raise CheckpointError(
-                f"{path} is not a tokenizer the tokenizers library can read ({_one_line(exc)}); restore the "
-                "checkpoint's tokenizer.json (e.g. download it again)"
+                f"{path} is not a tokenizer the tokenizers library can read: {_diagnose(path)} ({_one_line(exc)}); "
+                "restore the checkpoint's tokenizer.json (e.g. download it again)"
             ) from exc
     from transformers import AutoTokenizer  # only sentencepiece.bpe.model: let transformers convert it
 
