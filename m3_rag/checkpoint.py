@@ -7,12 +7,24 @@ encoder weights (``model.safetensors`` or ``pytorch_model.bin``), ``colbert_line
 
 from __future__ import annotations
 
+import json
+import math
 import os
+import re
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from .errors import CheckpointError
 
-__all__ = ["COLBERT_HEAD", "SPARSE_HEAD", "WEIGHT_FILES", "resolve_checkpoint"]
+__all__ = [
+    "COLBERT_HEAD",
+    "SPARSE_HEAD",
+    "WEIGHT_FILES",
+    "check_config_fits_weights",
+    "read_config",
+    "resolve_checkpoint",
+]
 
 COLBERT_HEAD = "colbert_linear.pt"
 SPARSE_HEAD = "sparse_linear.pt"
@@ -95,3 +107,139 @@ def resolve_checkpoint(
     if fetch(WEIGHT_FILES[0], required=False) is None:
         fetch(WEIGHT_FILES[1], required=True)
     return _check_folder(config.parent)
+
+
+# ---------------------------------------------------------------------------- config.json
+#: Model types M3Embedder runs (BGE-M3 is an XLM-RoBERTa encoder).
+MODEL_TYPES = ("xlm-roberta",)
+# field -> (smallest, largest) accepted; generous bounds that refuse nonsense before any allocation
+_SIZES = {
+    "vocab_size": (1, 1 << 24),
+    "hidden_size": (1, 1 << 16),
+    "num_hidden_layers": (1, 1024),
+    "num_attention_heads": (1, 1 << 12),
+    "intermediate_size": (1, 1 << 20),
+    "max_position_embeddings": (3, 1 << 20),
+}
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:300]
+
+
+def read_config(folder: Path, *, trust_remote_code: bool = False) -> dict[str, Any]:
+    """Read and check ``config.json``: an XLM-R encoder of sensible sizes.
+
+    Raises :class:`CheckpointError` naming the file and the field: invalid JSON, not an object,
+    a ``model_type`` other than ``xlm-roberta`` (any type with ``trust_remote_code=True``), a
+    missing size or one that is not an int in a sane range, ``hidden_size`` not a multiple of
+    ``num_attention_heads``, no room for positions after ``pad_token_id``, an unknown
+    ``hidden_act`` or a ``layer_norm_eps`` that is not a positive number.
+
+    >>> read_config(Path("tests/data/tiny-m3"))["hidden_size"]
+    32
+    """
+    path = folder / "config.json"
+    where = str(path)
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise CheckpointError(f"{where} is not UTF-8 text ({_one_line(exc)})") from exc
+    except ValueError as exc:
+        raise CheckpointError(f"{where} is not valid JSON ({_one_line(exc)}); restore the checkpoint's config") from exc
+    except RecursionError as exc:
+        raise CheckpointError(f"{where} is nested too deeply to be a model config") from exc
+    except OSError as exc:
+        raise CheckpointError(f"could not read {where}: {_one_line(exc)}") from exc
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{where} should hold a JSON object, got a {type(config).__name__}")
+    model_type = config.get("model_type")
+    if not isinstance(model_type, str):
+        raise CheckpointError(f'{where} has no model_type (expected "xlm-roberta", as in BAAI/bge-m3)')
+    if model_type not in MODEL_TYPES and not trust_remote_code:
+        raise CheckpointError(
+            f"{where} has model_type {model_type!r}, but BGE-M3 is an XLM-RoBERTa encoder "
+            f'(model_type "xlm-roberta"); use a BGE-M3 checkpoint, or trust_remote_code=True for a custom one'
+        )
+    for field, (low, high) in _SIZES.items():
+        value = config.get(field)
+        if value is None:
+            raise CheckpointError(f"{where} has no {field} (an int; BAAI/bge-m3 has one)")
+        if type(value) is not int or not low <= value <= high:
+            raise CheckpointError(f"{where}: {field} should be an int in [{low}, {high}], got {value!r}")
+    hidden, heads = config["hidden_size"], config["num_attention_heads"]
+    if hidden % heads:
+        raise CheckpointError(f"{where}: hidden_size {hidden} is not a multiple of num_attention_heads {heads}")
+    pad = config.get("pad_token_id", 1)
+    if pad is not None and (type(pad) is not int or not 0 <= pad < config["vocab_size"]):
+        raise CheckpointError(f"{where}: pad_token_id should be an int in [0, vocab_size), got {pad!r}")
+    offset = (pad or 0) + 1 if model_type == "xlm-roberta" else 0
+    if config["max_position_embeddings"] - offset < 2:
+        raise CheckpointError(
+            f"{where}: max_position_embeddings {config['max_position_embeddings']} leaves no room for <s> and </s> "
+            f"after the {offset} positions XLM-R reserves (pad_token_id + 1)"
+        )
+    type_vocab = config.get("type_vocab_size", 1)
+    if type(type_vocab) is not int or not 1 <= type_vocab <= 1 << 16:
+        raise CheckpointError(f"{where}: type_vocab_size should be an int >= 1, got {type_vocab!r}")
+    eps = config.get("layer_norm_eps", 1e-12)
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not (math.isfinite(eps) and 0 < eps < 1):
+        raise CheckpointError(f"{where}: layer_norm_eps should be a small positive number, got {eps!r}")
+    act = config.get("hidden_act", "gelu")
+    if not isinstance(act, str):
+        raise CheckpointError(f"{where}: hidden_act should be the name of an activation, got {act!r}")
+    from transformers.activations import ACT2FN
+
+    if act not in ACT2FN:
+        raise CheckpointError(f"{where}: hidden_act {act!r} is not an activation transformers knows (e.g. 'gelu')")
+    return config
+
+
+_LAYER = re.compile(r"^(?:roberta\.)?encoder\.layer\.(\d+)\.")
+
+
+def check_config_fits_weights(
+    config: Mapping[str, Any], shapes: Mapping[str, tuple[int, ...]], folder: Path, weight_files: str
+) -> None:
+    """Check ``config.json``'s sizes against the stored tensors' shapes, before anything is allocated.
+
+    ``shapes`` maps tensor names to shapes as stored (optionally with a ``roberta.`` prefix);
+    ``weight_files`` names the weight file(s) in the message. Only for XLM-R (model_type
+    ``xlm-roberta``); other checkpoints are checked by the load itself.
+    """
+    source = f"{weight_files} of {folder}"
+    where = folder / "config.json"
+    if config.get("model_type") not in MODEL_TYPES:
+        return
+
+    def find(name: str) -> tuple[int, ...] | None:
+        return shapes.get(name, shapes.get(f"roberta.{name}"))
+
+    hidden = config["hidden_size"]
+    expected = {
+        "embeddings.word_embeddings.weight": ((config["vocab_size"], hidden), "vocab_size, hidden_size"),
+        "embeddings.position_embeddings.weight": (
+            (config["max_position_embeddings"], hidden),
+            "max_position_embeddings, hidden_size",
+        ),
+        "encoder.layer.0.intermediate.dense.weight": (
+            (config["intermediate_size"], hidden),
+            "intermediate_size, hidden_size",
+        ),
+    }
+    for name, (shape, fields) in expected.items():
+        found = find(name)
+        if found is None:
+            raise CheckpointError(f"{source} has no tensor {name}: not the weights of an XLM-RoBERTa encoder")
+        if tuple(found) != shape:
+            raise CheckpointError(
+                f"{where} says ({fields}) = {shape}, but {name} in {source} has shape {tuple(found)}: the "
+                "config does not belong to these weights"
+            )
+    layers = sorted({int(m.group(1)) for m in map(_LAYER.match, shapes) if m})
+    if layers != list(range(config["num_hidden_layers"])):
+        held = str(layers) if len(layers) <= 6 else f"{len(layers)} layers, {layers[0]}..{layers[-1]}"
+        raise CheckpointError(
+            f"{where} says num_hidden_layers={config['num_hidden_layers']}, but {source} holds encoder layers "
+            f"{held}: the config does not belong to these weights"
+        )

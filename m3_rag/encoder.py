@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 from .batching import pad_batch, plan_batches
 from .checkpoint import resolve_checkpoint
 from .devices import resolve_device, resolve_dtype
-from .model import M3Model, load_model, model_fingerprint
+from .model import M3Model, legacy_fingerprint, load_model, model_fingerprint
 from .output import EncodedBatch, M3Output
 from .pair_scores import compute_pair_scores
 from .records import check_texts
@@ -188,8 +188,20 @@ class M3Embedder:
 
     @property
     def fingerprint(self) -> str:
-        """A hash of the weights: indexes record it to refuse another model's vectors."""
+        """Identifies the whole checkpoint (backbone, heads, config, tokenizer): indexes record it
+        to refuse another model's vectors.
+
+        32 hex digits, the same wherever the checkpoint lies, in safetensors or ``.bin``, on any
+        device and in any dtype (see :mod:`m3_rag.fingerprint` for what it hashes and its cost).
+        A model built in memory rather than loaded gets :func:`~m3_rag.model.model_fingerprint`.
+        """
         return self.model.fingerprint or model_fingerprint(self.model)
+
+    @property
+    def legacy_fingerprint(self) -> str:
+        """The heads-only fingerprint (16 hex digits) that indexes and Milvus collections saved
+        before :attr:`fingerprint` recorded; it does not tell backbones apart."""
+        return self.model.legacy_fingerprint or legacy_fingerprint(self.model)
 
     @property
     def has_sparse(self) -> bool:

@@ -13,18 +13,33 @@ for its mode raises :class:`~m3_rag.errors.MissingHeadError`.
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checkpoint import COLBERT_HEAD, SPARSE_HEAD
+from .checkpoint import COLBERT_HEAD, SPARSE_HEAD, check_config_fits_weights, read_config
 from .errors import CheckpointError, MissingHeadError
+from .fingerprint import SAMPLES_PER_TENSOR, StoredTensors, checkpoint_fingerprint, sample_positions
+from .tokenizer import read_special_tokens
 
-__all__ = ["ColbertHead", "M3Forward", "M3Model", "SparseHead", "load_head", "load_model", "model_fingerprint"]
+__all__ = [
+    "ColbertHead",
+    "M3Forward",
+    "M3Model",
+    "SparseHead",
+    "legacy_fingerprint",
+    "load_head",
+    "load_model",
+    "model_fingerprint",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +86,10 @@ class M3Model(nn.Module):
         super().__init__()
         self.backbone = backbone
         self.config: Any = backbone.config
+        #: :func:`~m3_rag.fingerprint.checkpoint_fingerprint` of the files it was loaded from ("" if built by hand)
         self.fingerprint = ""
+        #: the heads-only fingerprint that m3-rag recorded before the whole-checkpoint one ("" if built by hand)
+        self.legacy_fingerprint = ""
         self.sparse_head = sparse
         self.colbert_head = colbert
 
@@ -153,6 +171,28 @@ def load_head(path: Path, hidden_size: int) -> SparseHead | ColbertHead:
     return head
 
 
+_IGNORED_KEYS = re.compile(r"(^|\.)(pooler|lm_head)\.|(^|\.)(position_ids|token_type_ids)$")
+
+
+def _check_loading_info(info: dict[str, Any], folder: Path) -> None:
+    """Refuse a backbone that transformers would silently complete with random weights."""
+    missing = [k for k in info.get("missing_keys") or () if not _IGNORED_KEYS.search(k)]
+    unexpected = [k for k in info.get("unexpected_keys") or () if not _IGNORED_KEYS.search(k)]
+    mismatched = list(info.get("mismatched_keys") or ())
+    if missing or mismatched:
+        names = sorted(missing) + [str(m[0]) if isinstance(m, tuple) else str(m) for m in mismatched]
+        raise CheckpointError(
+            f"the weights of {folder} do not fill the model that config.json describes: {len(names)} tensors are "
+            f"missing or of another shape ({', '.join(names[:3])}...); they would be random. Use the config.json "
+            "that belongs to these weights"
+        )
+    if unexpected:
+        raise CheckpointError(
+            f"the weights of {folder} hold {len(unexpected)} tensors that the model config.json describes does not "
+            f"use ({', '.join(sorted(unexpected)[:3])}...); use the config.json that belongs to these weights"
+        )
+
+
 def _load_backbone(
     folder: Path, dtype: torch.dtype, trust_remote_code: bool, attn_implementation: str | None
 ) -> nn.Module:
@@ -160,7 +200,7 @@ def _load_backbone(
     from transformers import AutoConfig, AutoModel
 
     config = AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code)
-    kwargs: dict[str, object] = {"trust_remote_code": trust_remote_code}
+    kwargs: dict[str, object] = {"trust_remote_code": trust_remote_code, "output_loading_info": True}
     if getattr(config, "model_type", None) in {"xlm-roberta", "roberta", "bert"}:
         kwargs["add_pooling_layer"] = False  # the pooler is unused: skip its compute
     if attn_implementation is not None:
@@ -172,12 +212,20 @@ def _load_backbone(
     hf_logging.set_verbosity_error()  # silence "unused pooler weights" and the per-tensor bar
     hf_logging.disable_progress_bar()
     try:
-        model = AutoModel.from_pretrained(folder, config=config, **kwargs)
+        model, info = AutoModel.from_pretrained(folder, config=config, **kwargs)
     finally:
         hf_logging.set_verbosity(previous)
         if bar:
             hf_logging.enable_progress_bar()
+    _check_loading_info(info, folder)
     return model.eval()
+
+
+def _head_tensors(model: M3Model) -> Iterator[tuple[str, torch.Tensor]]:
+    for name, head in ((SPARSE_HEAD, model.sparse_head), (COLBERT_HEAD, model.colbert_head)):
+        if head is not None:
+            yield f"{name}:weight", head.linear.weight
+            yield f"{name}:bias", head.linear.bias
 
 
 def load_model(
@@ -188,13 +236,23 @@ def load_model(
     trust_remote_code: bool = False,
     attn_implementation: str | None = None,
 ) -> M3Model:
-    """Load backbone and heads from a checkpoint folder onto ``device`` in ``dtype``."""
+    """Load backbone and heads from a checkpoint folder onto ``device`` in ``dtype``.
+
+    ``config.json`` and the weight files are checked first (:func:`~m3_rag.checkpoint.read_config`,
+    :func:`~m3_rag.checkpoint.check_config_fits_weights`); a problem is a :class:`CheckpointError`
+    naming the file. The model's ``fingerprint`` is that of the files
+    (:func:`~m3_rag.fingerprint.checkpoint_fingerprint`), the same for any ``device`` and ``dtype``.
+    """
+    raw_config = read_config(folder, trust_remote_code=trust_remote_code)
+    stored = StoredTensors(folder)
+    check_config_fits_weights(raw_config, stored.shapes, folder, " + ".join(p.name for p in stored.files))
     try:
         backbone = _load_backbone(folder, dtype, trust_remote_code, attn_implementation)
     except CheckpointError:
         raise
     except Exception as exc:
-        raise CheckpointError(f"could not load the encoder of {folder}: {type(exc).__name__}: {exc}") from exc
+        message = " ".join(str(exc).split())[:300]
+        raise CheckpointError(f"could not load the encoder of {folder}: {type(exc).__name__}: {message}") from exc
     config: Any = backbone.config
     hidden = int(config.hidden_size)
     heads: dict[str, nn.Module | None] = {}
@@ -208,20 +266,49 @@ def load_model(
     assert sparse is None or isinstance(sparse, SparseHead)
     assert colbert is None or isinstance(colbert, ColbertHead)
     model = M3Model(backbone, sparse, colbert)
-    fingerprint = model_fingerprint(model)  # from the heads as stored, before any cast
+    # both from the heads as stored (float32 copies of the file's values), before any cast
+    legacy = legacy_fingerprint(model)
+    fingerprint = checkpoint_fingerprint(
+        folder,
+        config=raw_config,
+        heads=list(_head_tensors(model)),
+        special_tokens=read_special_tokens(folder),
+        stored=stored,
+    )
     model = model.to(device=device, dtype=dtype).eval()
-    model.fingerprint = fingerprint
+    model.fingerprint, model.legacy_fingerprint = fingerprint, legacy
     return model
 
 
-def model_fingerprint(model: M3Model) -> str:
-    """A short hash that identifies a checkpoint whatever its path, name, device or dtype.
+def model_fingerprint(model: M3Model, *, samples: int = SAMPLES_PER_TENSOR) -> str:
+    """A fingerprint of a model built in memory (not by :func:`load_model`), from its parameters.
 
-    Covers the dimensions and both heads' weights; call it before changing the model's dtype
-    (:func:`load_model` does, and stores it as ``model.fingerprint``).
+    It hashes the config's sizes and, for every floating-point tensor of the state dict, its
+    name, shape and ``samples`` evenly spread values as float32, so unlike the
+    fingerprint of :func:`load_model` (read from the files) it depends on the dtype the
+    model is in now. Another model (any fine-tuning) has another fingerprint.
     """
-    import hashlib
+    digest = hashlib.sha256(b"m3-rag in-memory model fingerprint v1\n")
+    config = model.config
+    digest.update(f"{config.model_type}:{config.hidden_size}:{config.vocab_size}:{model.colbert_dim}\n".encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        if not tensor.is_floating_point():
+            continue
+        flat = tensor.detach().reshape(-1)
+        picked = flat[torch.from_numpy(sample_positions(flat.numel(), samples)).to(flat.device)]
+        digest.update(f"{name}|{tensor.dtype!s}|{list(tensor.shape)}\n".encode())
+        digest.update(picked.float().cpu().numpy().astype(np.dtype("<f4")).tobytes())
+    return digest.hexdigest()[:32]
 
+
+def legacy_fingerprint(model: M3Model) -> str:
+    """The fingerprint that m3-rag recorded before the whole-checkpoint one: dimensions and heads only.
+
+    It does not see the backbone (a checkpoint with other encoder weights and the same heads has
+    the same one); it is kept so that indexes and Milvus collections saved with it can still be
+    recognised. New ones record :func:`~m3_rag.fingerprint.checkpoint_fingerprint`. Call it before changing the
+    model's dtype (:func:`load_model` does, and stores it as ``model.legacy_fingerprint``).
+    """
     digest = hashlib.sha256()
     config = model.config
     digest.update(f"{config.model_type}:{config.hidden_size}:{config.vocab_size}:{model.colbert_dim}".encode())

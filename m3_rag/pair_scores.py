@@ -48,7 +48,7 @@ def compute_pair_scores(
 ) -> dict[str, list[float]]:
     """See :meth:`M3Embedder.compute_score`."""
     items = _check_pairs(pairs)
-    w_dense, w_sparse, w_colbert = normalize_weights(weights)
+    w_dense, w_sparse, _ = normalize_weights(weights)  # checked before any encoding
     if not items:
         return {key: [] for key in SCORE_KEYS}
     query_index = {q: i for i, q in enumerate(dict.fromkeys(q for q, _ in items))}
@@ -73,9 +73,16 @@ def compute_pair_scores(
     colbert = colbert_pair_scores([q_vecs[i] for i in qi.tolist()], [p_vecs[j] for j in pi.tolist()])
     colbert = colbert.astype(np.float64)
 
-    with np.errstate(invalid="ignore", divide="ignore"):  # w_dense = w_sparse = 0 gives nan, as the reference
-        sparse_dense = (w_sparse * sparse + w_dense * dense) / (w_sparse + w_dense)
-    total = (w_colbert * colbert + w_sparse * sparse + w_dense * dense) / (w_dense + w_sparse + w_colbert)
+    # each mean with its weights divided by their largest: huge weights cannot overflow, and
+    # (1e308, 1e308, 1e308) gives exactly the scores of (1, 1, 1)
+    top2 = max(w_dense, w_sparse)
+    if top2 > 0:
+        d2, s2 = w_dense / top2, w_sparse / top2
+        sparse_dense = (s2 * sparse + d2 * dense) / (s2 + d2)
+    else:  # w_dense = w_sparse = 0 gives nan, as the reference
+        sparse_dense = np.full(len(items), np.nan)
+    w_d, w_s, w_c = normalize_weights(weights, scaled=True)
+    total = (w_c * colbert + w_s * sparse + w_d * dense) / (w_d + w_s + w_c)
     return {
         "colbert": colbert.tolist(),
         "sparse": sparse.tolist(),

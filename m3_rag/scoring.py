@@ -40,11 +40,17 @@ __all__ = [
 Weights = tuple[float, float, float]
 
 
-def normalize_weights(weights: Sequence[float]) -> Weights:
+def normalize_weights(weights: Sequence[float], *, scaled: bool = False) -> Weights:
     """Check ``(w_dense, w_sparse, w_colbert)``: three finite numbers >= 0, not all zero.
+
+    With ``scaled=True`` they come back divided by the largest (which becomes 1.0), so that
+    sums of weights and of weighted scores cannot overflow: ``(1e308, 1e308, 1e308)`` gives
+    ``(1.0, 1.0, 1.0)``, and every hybrid score is the same as with the unscaled weights.
 
     >>> normalize_weights([0.4, 0.2, 0.4])
     (0.4, 0.2, 0.4)
+    >>> normalize_weights([4e307, 2e307, 4e307], scaled=True)
+    (1.0, 0.5, 1.0)
     """
     try:
         values = tuple(float(w) for w in weights)
@@ -52,8 +58,11 @@ def normalize_weights(weights: Sequence[float]) -> Weights:
         raise TypeError(f"weights must be three numbers (dense, sparse, colbert), got {weights!r}") from exc
     if len(values) != 3:
         raise ValueError(f"weights must be three numbers (dense, sparse, colbert), got {len(values)}: {weights!r}")
-    if not all(np.isfinite(values)) or min(values) < 0 or sum(values) <= 0:
+    if not all(np.isfinite(values)) or min(values) < 0 or max(values) <= 0:
         raise ValueError(f"weights must be finite, >= 0 and not all zero, got {weights!r}")
+    if scaled:
+        top = max(values)
+        values = tuple(v / top for v in values)
     return values[0], values[1], values[2]
 
 
@@ -253,12 +262,18 @@ def hybrid_scores(
     colbert: np.ndarray | float,
     weights: Sequence[float] = (1.0, 1.0, 1.0),
 ) -> np.ndarray:
-    """Weighted mean ``(w_d*dense + w_s*sparse + w_c*colbert) / (w_d + w_s + w_c)``.
+    """Weighted mean ``(w_d*dense + w_s*sparse + w_c*colbert) / (w_d + w_s + w_c)``, float64.
+
+    The weights are first divided by the largest (:func:`normalize_weights` with
+    ``scaled=True``), so huge weights cannot overflow: ``(1e308, 1e308, 1e308)`` gives exactly
+    the scores of ``(1, 1, 1)``.
 
     >>> hybrid_scores(np.array([0.5]), np.array([0.2]), np.array([0.8]), (0.4, 0.2, 0.4)).round(6)
     array([0.56])
+    >>> hybrid_scores(np.array([0.5]), np.array([0.2]), np.array([0.8]), (1e308, 1e308, 1e308)).round(6)
+    array([0.5])
     """
-    w_d, w_s, w_c = normalize_weights(weights)
+    w_d, w_s, w_c = normalize_weights(weights, scaled=True)
     total = w_d + w_s + w_c
     return np.asarray(
         (

@@ -18,7 +18,7 @@ from tokenizers import Tokenizer
 
 from .errors import CheckpointError
 
-__all__ = ["M3Tokenizer"]
+__all__ = ["M3Tokenizer", "read_special_tokens"]
 
 _DEFAULT_SPECIALS = {"cls_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>"}
 
@@ -31,6 +31,80 @@ def _token_content(value: Any) -> str | None:
     return None
 
 
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:300]
+
+
+def read_special_tokens(folder: str | Path) -> dict[str, str]:
+    """The ``<s>``, ``</s>``, pad and unk tokens that ``tokenizer_config.json`` and
+    ``special_tokens_map.json`` name (XLM-R's when they name none).
+
+    A file that is not a JSON object is a :class:`CheckpointError` naming it.
+
+    >>> read_special_tokens("tests/data/tiny-m3")["cls_token"]
+    '<s>'
+    """
+    specials = dict(_DEFAULT_SPECIALS)
+    for name in ("tokenizer_config.json", "special_tokens_map.json"):
+        path = Path(folder) / name
+        if not path.is_file():
+            continue
+        try:
+            config = json.loads(path.read_text(encoding="utf-8"))
+        except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            raise CheckpointError(
+                f"{path} is not valid JSON ({_one_line(exc)}); restore it or delete it (XLM-R's tokens are the default)"
+            ) from exc
+        if not isinstance(config, dict):
+            raise CheckpointError(f"{path} should hold a JSON object, got a {type(config).__name__}")
+        for role in specials:
+            content = _token_content(config.get(role))
+            if content is not None:
+                specials[role] = content
+    return specials
+
+
+_MODEL_TYPES = ("BPE", "Unigram", "WordLevel", "WordPiece")
+
+
+def _diagnose(path: Path) -> str:
+    """What is wrong with a ``tokenizer.json`` the library refused, in words (only on that error path)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, RecursionError) as exc:
+        return f"it is not valid JSON: {_one_line(exc)}"
+    if not isinstance(data, dict):
+        return f"it holds a JSON {type(data).__name__}, not an object"
+    model = data.get("model")
+    if not isinstance(model, dict):
+        return "it has no 'model' object"
+    kind = model.get("type")
+    if kind is not None and kind not in _MODEL_TYPES:
+        return f"its model type {kind!r} is not one the tokenizers library knows ({', '.join(_MODEL_TYPES)})"
+    return "its structure is not the tokenizers library's"
+
+
+def _read_tokenizer(folder: Path) -> Tokenizer:
+    path = folder / "tokenizer.json"
+    if path.is_file():
+        try:
+            return Tokenizer.from_file(str(path))
+        except Exception as exc:  # the tokenizers library raises a bare Exception for every problem
+            raise CheckpointError(
+                f"{path} is not a tokenizer the tokenizers library can read: {_diagnose(path)} ({_one_line(exc)}); "
+                "restore the checkpoint's tokenizer.json (e.g. download it again)"
+            ) from exc
+    from transformers import AutoTokenizer  # only sentencepiece.bpe.model: let transformers convert it
+
+    try:
+        return AutoTokenizer.from_pretrained(str(folder)).backend_tokenizer
+    except Exception as exc:
+        raise CheckpointError(
+            f"could not build a tokenizer from {folder / 'sentencepiece.bpe.model'} ({type(exc).__name__}: "
+            f"{_one_line(exc)}); add the checkpoint's tokenizer.json"
+        ) from exc
+
+
 class M3Tokenizer:
     """A thread-safe wrapper around ``tokenizers.Tokenizer`` with BGE-M3's special tokens.
 
@@ -41,7 +115,7 @@ class M3Tokenizer:
     [0, 2]
     """
 
-    def __init__(self, tokenizer: Tokenizer, special_tokens: dict[str, str]) -> None:
+    def __init__(self, tokenizer: Tokenizer, special_tokens: dict[str, str], *, source: str = "the tokenizer") -> None:
         self._tokenizer = tokenizer
         self._tokenizer.no_padding()
         self._tokenizer.no_truncation()
@@ -50,12 +124,22 @@ class M3Tokenizer:
         for role, token in special_tokens.items():
             token_id = tokenizer.token_to_id(token)
             if token_id is None:
-                raise CheckpointError(f"the tokenizer has no {role} {token!r}")
+                raise CheckpointError(
+                    f"{source} has no {role} {token!r} (named by its tokenizer_config.json / special_tokens_map.json, "
+                    "or XLM-R's default); use the checkpoint's own tokenizer files"
+                )
             ids[role] = token_id
         self.cls_id = ids["cls_token"]
         self.eos_id = ids["eos_token"]
         self.pad_id = ids["pad_token"]
         self.unk_id = ids["unk_token"]
+        wrapped = tokenizer.encode("", add_special_tokens=True).ids
+        if wrapped[:1] != [self.cls_id] or wrapped[-1:] != [self.eos_id]:
+            raise CheckpointError(
+                f"{source} does not put {special_tokens['cls_token']!r} ... {special_tokens['eos_token']!r} around a "
+                f"text (it gives {wrapped} for ''), as BGE-M3's tokenizer does; its post_processor is missing or "
+                "another model's"
+            )
         #: Token ids that never carry a sparse weight (the reference drops the same four).
         self.unused_ids = np.array(sorted({self.cls_id, self.eos_id, self.pad_id, self.unk_id}), dtype=np.int64)
 
@@ -63,23 +147,8 @@ class M3Tokenizer:
     def from_folder(cls, folder: str | Path) -> M3Tokenizer:
         """Load ``tokenizer.json`` and the special tokens named by the folder's configs."""
         folder = Path(folder)
-        specials = dict(_DEFAULT_SPECIALS)
-        for name in ("tokenizer_config.json", "special_tokens_map.json"):
-            path = folder / name
-            if path.is_file():
-                config = json.loads(path.read_text(encoding="utf-8"))
-                for role in specials:
-                    content = _token_content(config.get(role))
-                    if content is not None:
-                        specials[role] = content
-        path = folder / "tokenizer.json"
-        if path.is_file():
-            tokenizer = Tokenizer.from_file(str(path))
-        else:  # only sentencepiece.bpe.model: let transformers convert it to a fast tokenizer
-            from transformers import AutoTokenizer
-
-            tokenizer = AutoTokenizer.from_pretrained(str(folder)).backend_tokenizer
-        return cls(tokenizer, specials)
+        specials = read_special_tokens(folder)
+        return cls(_read_tokenizer(folder), specials, source=str(folder / "tokenizer.json"))
 
     @property
     def vocab_size(self) -> int:

@@ -176,13 +176,23 @@ class MilvusStore(HybridStore):
 
     # ------------------------------------------------------------------ connection and schema
     def _connect(self, token: str | None, client_kwargs: dict[str, Any]) -> Any:
+        """The pymilvus client. A milvus-lite file open in another process is a ConnectionError
+        naming that process; the client's ``close()`` releases the file (see :mod:`.lite_lock`)."""
         pm = _pymilvus()
         if self.local:
             if not self.uri.endswith(".db"):
                 raise ValueError(f"a local milvus-lite uri must end with '.db', got {self.uri!r}")
             Path(self.uri).parent.mkdir(parents=True, exist_ok=True)
         try:
+            if self.local:
+                from .lite_lock import connect_lite
+
+                return connect_lite(pm, self.uri, token=token or "", timeout=self.timeout, **client_kwargs)
             return pm.MilvusClient(uri=self.uri, token=token or "", timeout=self.timeout, **client_kwargs)
+        except ImportError as exc:
+            if not self.local:
+                raise
+            raise ImportError(f"a local .db uri needs milvus-lite: {_INSTALL}") from exc
         except pm.MilvusException as exc:
             if self.local and "milvus-lite" in str(exc):
                 raise ImportError(f"a local .db uri needs milvus-lite: {_INSTALL}") from exc
@@ -260,7 +270,11 @@ class MilvusStore(HybridStore):
         self.close()
 
     def close(self) -> None:
-        """Release the connection (the data stays in Milvus)."""
+        """Release the connection (the data stays in Milvus); idempotent.
+
+        A milvus-lite file is released as soon as no other store of this process uses it, so
+        another process (or a new store here) can open it right after.
+        """
         self.client.close()
 
     def _fetch(self, ids: Sequence[str], fields: list[str]) -> list[dict[str, Any]]:
