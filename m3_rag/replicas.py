@@ -85,7 +85,7 @@ class Replica:
         # out of the except clause: the failed pass's tensors are released before the retry
         self._free()
         half = (len(batch) + 1) // 2
-        lowered = self._lower_budget(batch.rows(0, half).padded_tokens)
+        lowered = self._lower_budget(half * int(batch.lengths[:half].max()))  # the first half's padded size
         logger.warning(
             "out of memory on %s with a batch of %d texts x %d tokens (%d padded): split in two and retried; "
             "the token budget on this device is now %d (pass max_batch_tokens=%d to start there)",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -107,6 +108,7 @@ def test_every_replica_works(two: M3Embedder, texts: list[str], monkeypatch: pyt
 
         def counted(batch, modes, _k=k, _original=original):  # type: ignore[no-untyped-def]
             seen[_k] += 1
+            time.sleep(0.002)  # no replica can take every batch before the other thread starts
             return _original(batch, modes)
 
         monkeypatch.setattr(replica, "forward", counted)
