@@ -76,11 +76,12 @@ class Replica:
         except torch.OutOfMemoryError as exc:
             if len(batch) == 1:
                 self._free()
+                detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                 raise torch.OutOfMemoryError(
                     f"out of memory on {self.device} encoding one text of {int(batch.lengths[0]):,} tokens "
                     f"(input position {int(batch.positions[0])}) even alone; free memory on that device, or pass "
                     f"a smaller max_length (e.g. {max(2, int(batch.lengths[0]) // 2)}), dtype='float16' or "
-                    f"attn_implementation='sdpa' to M3Embedder.from_pretrained ({exc})"
+                    f"attn_implementation='sdpa' to M3Embedder.from_pretrained ({detail})"
                 ) from exc
         # out of the except clause: the failed pass's tensors are released before the retry
         self._free()
@@ -217,6 +218,8 @@ def deal(replicas: Sequence[Replica], batches: Iterator[HostBatch], modes: Modes
 
     def work(replica: Replica) -> None:
         try:
+            if replica.device.type == "cuda":  # this thread's kernels and allocations go to its GPU
+                torch.cuda.set_device(replica.device)
             while not stop.is_set():
                 if not slots.acquire(timeout=_POLL_S):
                     continue
