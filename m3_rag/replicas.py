@@ -2,7 +2,7 @@
 
 A :class:`Replica` is one copy of the model on one device. :meth:`Replica.run` encodes a
 :class:`~m3_rag.pipeline.HostBatch`; when the device runs out of memory
-(``torch.OutOfMemoryError``) it halves the batch and retries each half, down to one text, and
+(``torch.cuda.OutOfMemoryError``) it halves the batch and retries each half, down to one text, and
 lowers its token budget (:attr:`Replica.budget`) for every later batch, so one long document
 does not fail the run. :func:`deal` spreads batches over several replicas, one thread per
 replica (threads, not processes: the GIL is released inside the forward pass), and yields the
@@ -73,11 +73,11 @@ class Replica:
     def _run_or_split(self, batch: HostBatch, modes: Modes) -> list[EncodedBatch]:
         try:
             return [self.forward(batch, modes)]
-        except torch.OutOfMemoryError as exc:
+        except torch.cuda.OutOfMemoryError as exc:
             if len(batch) == 1:
                 self._free()
                 detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                raise torch.OutOfMemoryError(
+                raise torch.cuda.OutOfMemoryError(
                     f"out of memory on {self.device} encoding one text of {int(batch.lengths[0]):,} tokens "
                     f"(input position {int(batch.positions[0])}) even alone; free memory on that device, or pass "
                     f"a smaller max_length (e.g. {max(2, int(batch.lengths[0]) // 2)}), dtype='float16' or "

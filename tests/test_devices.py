@@ -1,7 +1,7 @@
 """Several devices, out-of-memory splits and the input thread, all checked on the CPU.
 
 Two ``"cpu"`` replicas stand in for two GPUs (the dealing code is the same); out-of-memory
-errors are injected by a forward pass that raises ``torch.OutOfMemoryError`` (the class exists
+errors are injected by a forward pass that raises ``torch.cuda.OutOfMemoryError`` (the class exists
 on CPU builds) above a number of padded tokens.
 """
 
@@ -231,12 +231,12 @@ def test_a_text_too_long_even_alone_is_a_clear_error(tiny_path: Path, monkeypatc
     oom_above(m3, 40, monkeypatch)
     long_text = " ".join(["Berlin"] * 60)
     n_tokens = len(m3.tokenizer.encode([long_text], max_length=8192)[0])
-    with pytest.raises(torch.OutOfMemoryError) as info:
+    with pytest.raises(torch.cuda.OutOfMemoryError) as info:
         m3.encode(["short", long_text, "tiny"])
     message = str(info.value)
     assert f"one text of {n_tokens} tokens" in message and "on cpu" in message and "position 1" in message
     assert "max_length" in message
-    assert isinstance(info.value.__cause__, torch.OutOfMemoryError)
+    assert isinstance(info.value.__cause__, torch.cuda.OutOfMemoryError)
 
 
 # ---------------------------------------------------------------------- the input thread
