@@ -34,10 +34,13 @@ def _rss_mb() -> float:
 
 
 class _M3:
-    def __init__(self, checkpoint: str, device: str, fp16: bool) -> None:
+    def __init__(self, checkpoint: str, device: str, fp16: bool, prefetch: int | None = None) -> None:
         from m3_rag import M3Embedder
 
         self.model = M3Embedder.from_pretrained(checkpoint, device=device, dtype="float16" if fp16 else "float32")
+        if prefetch is not None:  # batches made ahead in the input thread (0: in the calling thread)
+            self.model.input_prefetch = prefetch
+        self.settings = {"input_prefetch": self.model.input_prefetch, "max_batch_tokens": self.model.max_batch_tokens}
 
     def encode(self, texts: list[str], dense_only: bool) -> dict[str, Any]:
         out = self.model.encode(texts, sparse=not dense_only, colbert=not dense_only, show_progress=False)
@@ -49,6 +52,7 @@ class _Flag:
         from FlagEmbedding import BGEM3FlagModel
 
         self.model = BGEM3FlagModel(checkpoint, use_fp16=fp16, devices=device)  # default batch_size (256)
+        self.settings: dict[str, Any] = {"batch_size": 256}
 
     def encode(self, texts: list[str], dense_only: bool) -> dict[str, Any]:
         out = self.model.encode(
@@ -144,25 +148,29 @@ def main() -> None:
     parser.add_argument("--save-dense", default=None, help="write the dense vectors here (.npy)")
     parser.add_argument("--profile", default=None, help="write cProfile stats (text) here")
     parser.add_argument("--serve", action="store_true", help="load once, then answer JSON requests on stdin")
+    parser.add_argument("--prefetch", type=int, default=None, help="m3-rag: input_prefetch (default: its own)")
     args = parser.parse_args()
 
     t0 = time.perf_counter()
-    lib = (_M3 if args.lib == "m3" else _Flag)(args.checkpoint, args.device, args.fp16)
+    lib: _M3 | _Flag
+    lib = _M3(args.checkpoint, args.device, args.fp16, args.prefetch) if args.lib == "m3" else _Flag(
+        args.checkpoint, args.device, args.fp16)  # fmt: skip
     load_s = time.perf_counter() - t0
     corpora: dict[str, tuple[list[str], list[int]]] = {}
     if not args.serve:
         texts, tokens = _load_corpus(args.corpus, corpora)
         result = timed_encode(lib, texts, tokens, modes=args.modes, device=args.device,
                               save_dense=args.save_dense, profile=args.profile)  # fmt: skip
-        print(json.dumps({"lib": args.lib, "modes": args.modes, "load_seconds": load_s, **result}), flush=True)
+        print(json.dumps({"lib": args.lib, "modes": args.modes, "load_seconds": load_s, "settings": lib.settings,
+                          **result}), flush=True)  # fmt: skip
         return
-    print(json.dumps({"ready": True, "load_seconds": load_s}), flush=True)
+    print(json.dumps({"ready": True, "load_seconds": load_s, "settings": lib.settings}), flush=True)
     for line in sys.stdin:
         request = json.loads(line)
         texts, tokens = _load_corpus(request["corpus"], corpora)
         result = timed_encode(lib, texts, tokens, modes=request["modes"], device=args.device,
                               save_dense=request.get("save_dense"))  # fmt: skip
-        print(json.dumps({"lib": args.lib, "modes": request["modes"], **result}), flush=True)
+        print(json.dumps({"lib": args.lib, "modes": request["modes"], "settings": lib.settings, **result}), flush=True)
 
 
 if __name__ == "__main__":

@@ -48,6 +48,10 @@ def _encode_rows(result: dict[str, Any], label: str, command: str) -> list[str]:
             cells.append(f"{r['tokens_per_s_median']:,.0f} tok/s, {r['docs_per_s_median']:.2f} docs/s, {mem} "
                          f"(n={r['runs']})")  # fmt: skip
         target = f" (target ≥ {row['target_ratio']}x){_met(row['target_met'])}" if row.get("target_ratio") else ""
+        if row.get("target_tokens_per_s"):
+            target = f" (target ≥ {row['target_tokens_per_s']:,.0f} tok/s){_met(row['target_met'])}"
+        if (inline := row.get("m3_rag_inline")) is not None:  # the same without the input thread
+            cells[0] += f"; input thread off: {inline['tokens_per_s_median']:,.0f} tok/s"
         corpus = result["setup"]["corpora"][key.split("/")[0]]
         figure = f"{label}: {names.get(key, key)} ({corpus['texts']} texts, {corpus['tokens']:,} tokens)"
         rows.append(f"| {figure} | {_machine(result)}, load {min(load):.1f}-{max(load):.1f} | {result['date'][:10]} "

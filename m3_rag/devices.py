@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
-__all__ = ["DTYPE_NAMES", "resolve_device", "resolve_dtype"]
+__all__ = ["DTYPE_NAMES", "resolve_device", "resolve_devices", "resolve_dtype"]
 
 #: Accepted dtype spellings and what they mean.
 DTYPE_NAMES: dict[str, torch.dtype] = {
@@ -52,6 +54,41 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {str(resolved)!r} was asked for but CUDA is not available here; use 'cpu'")
     return resolved
+
+
+def resolve_devices(device: str | torch.device | Sequence[str | torch.device] | None = None) -> list[torch.device]:
+    """Return the devices to run on: one for a str, ``torch.device`` or None, else one per entry.
+
+    Every entry of a list must be of one type (all ``cuda``, or all ``cpu``...); an entry may
+    repeat (two replicas on one device share its weights). A bare ``"cuda"`` in a list means
+    the current CUDA device.
+
+    >>> resolve_devices(["cpu", "cpu"])
+    [device(type='cpu'), device(type='cpu')]
+    >>> resolve_devices("cpu")
+    [device(type='cpu')]
+    """
+    if device is None or isinstance(device, (str, torch.device)):
+        return [resolve_device(device)]
+    if not isinstance(device, Sequence):
+        raise TypeError(f"device must be a str, torch.device, a list of them or None, got {type(device).__name__}")
+    if not device:
+        raise ValueError("device is an empty list: name at least one device, e.g. ['cuda:0', 'cuda:1']")
+    devices: list[torch.device] = []
+    for entry in device:
+        if entry is None or not isinstance(entry, (str, torch.device)):
+            raise TypeError(f"each device in the list must be a str or torch.device, got {entry!r}")
+        resolved = resolve_device(entry)
+        if resolved.type == "cuda" and resolved.index is None and len(device) > 1:
+            resolved = torch.device("cuda", torch.cuda.current_device())
+        devices.append(resolved)
+    types = sorted({d.type for d in devices})
+    if len(types) > 1:
+        raise ValueError(
+            f"the devices {[str(d) for d in devices]} mix types ({', '.join(types)}): list devices of one type, "
+            "e.g. ['cuda:0', 'cuda:1']"
+        )
+    return devices
 
 
 def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,13 +13,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .batching import pad_batch, plan_batches
 from .checkpoint import resolve_checkpoint
-from .devices import resolve_device, resolve_dtype
+from .devices import resolve_devices, resolve_dtype
+from .input_batches import HostBatch, Prefetcher, host_batches
 from .model import M3Model, legacy_fingerprint, load_model, model_fingerprint
 from .output import EncodedBatch, M3Output
 from .pair_scores import compute_pair_scores
 from .records import check_texts
+from .replicas import Modes, Replica, deal
 from .sparse import SparseVector
 from .tokenizer import M3Tokenizer
 
@@ -42,7 +43,9 @@ class M3Embedder:
     """BGE-M3: dense, sparse and ColBERT outputs from one forward pass.
 
     Load with :meth:`from_pretrained`; one instance is safe to share between threads and
-    between adapters (one model per process).
+    between adapters (one model per process). With a list of devices
+    (``device=["cuda:0", "cuda:1"]``) there is one replica of the model per device and the
+    batches of each call are dealt to them (see :attr:`devices`).
 
     Example:
         >>> from m3_rag import M3Embedder
@@ -54,7 +57,7 @@ class M3Embedder:
 
     def __init__(
         self,
-        model: M3Model,
+        model: M3Model | Sequence[M3Model],
         tokenizer: M3Tokenizer,
         *,
         name: str,
@@ -63,10 +66,16 @@ class M3Embedder:
         query_max_length: int = 512,
         passage_max_length: int | None = None,
     ) -> None:
+        models = [model] if isinstance(model, M3Model) else list(model)
+        if not models:
+            raise ValueError("M3Embedder needs at least one model")
+        model = models[0]
+        #: The model on the first device (the one to inspect: config, heads, fingerprint).
         self.model = model
         self.tokenizer = tokenizer
         self.name = name
         param = next(model.parameters())
+        #: The first device (that of :attr:`model`); :attr:`devices` lists every replica's.
         self.device: torch.device = param.device
         self.dtype: torch.dtype = param.dtype
         config = model.config
@@ -81,7 +90,12 @@ class M3Embedder:
         self.batch_size = batch_size
         self.query_max_length = self._check_max_length(query_max_length)
         self.passage_max_length = self._check_max_length(passage_max_length or self.max_length)
-        self._unused_ids = torch.from_numpy(tokenizer.unused_ids).to(self.device)
+        #: One per device, in the order given (two entries of one device share its weights).
+        self.replicas: tuple[Replica, ...] = tuple(Replica(m, tokenizer.unused_ids, self.vocab_size) for m in models)
+        #: Batches tokenised and padded ahead in a background thread with one device (2 on CUDA,
+        #: 0 = in the calling thread on the CPU, where the model keeps every core busy anyway).
+        #: Several devices always make their input in a background thread.
+        self.input_prefetch: int = 2 if self.device.type == "cuda" else 0
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -89,7 +103,7 @@ class M3Embedder:
         cls,
         name_or_path: str | os.PathLike[str] = DEFAULT_MODEL,
         *,
-        device: str | torch.device | None = None,
+        device: str | torch.device | Sequence[str | torch.device] | None = None,
         dtype: str | torch.dtype | None = None,
         revision: str | None = None,
         cache_dir: str | os.PathLike[str] | None = None,
@@ -107,36 +121,42 @@ class M3Embedder:
         Args:
             name_or_path: hub id or folder with BGE-M3's layout.
             device: ``"cuda"``, ``"mps"``, ``"cpu"`` (optionally ``"cuda:1"``...); ``None`` picks
-                cuda, then mps, then cpu.
+                cuda, then mps, then cpu. A list (``["cuda:0", "cuda:1"]``) loads one replica per
+                device and deals each call's batches to them, one thread per device; the
+                outputs are those of one device, in input order.
             dtype: ``"float32"``, ``"float16"``/``"fp16"``, ``"bfloat16"``/``"bf16"`` or a torch
                 dtype; ``None`` is float16 on CUDA and float32 elsewhere.
             revision, cache_dir, token, local_files_only: passed to the hub download
                 (``HF_HUB_OFFLINE=1`` reads the cache only).
             trust_remote_code: off unless you turn it on.
             attn_implementation: e.g. ``"sdpa"`` or ``"eager"``; ``None`` lets transformers pick.
-            max_batch_tokens: padded tokens per forward pass (default 32768 on CUDA, else 2048).
+            max_batch_tokens: padded tokens per forward pass (default 32768 on CUDA, else 2048);
+                a device that runs out of memory lowers its own budget (see :class:`Replica`).
             batch_size: optional cap on texts per forward pass.
             query_max_length: default ``max_length`` of :meth:`encode_queries` (512).
             passage_max_length: default of :meth:`encode` and :meth:`encode_documents` (the
                 model's limit, 8192 for BGE-M3).
         """
-        torch_device = resolve_device(device)
-        torch_dtype = resolve_dtype(dtype, torch_device)
+        devices = resolve_devices(device)
+        torch_dtype = resolve_dtype(dtype, devices[0])
         folder = resolve_checkpoint(
             name_or_path, revision=revision, cache_dir=cache_dir, token=token, local_files_only=local_files_only
         )
         tokenizer = M3Tokenizer.from_folder(folder)
-        model = load_model(
-            folder,
-            device=torch_device,
-            dtype=torch_dtype,
-            trust_remote_code=trust_remote_code,
-            attn_implementation=attn_implementation,
-        )
+        loaded: dict[torch.device, M3Model] = {}
+        for torch_device in devices:  # one copy of the weights per distinct device
+            if torch_device not in loaded:
+                loaded[torch_device] = load_model(
+                    folder,
+                    device=torch_device,
+                    dtype=torch_dtype,
+                    trust_remote_code=trust_remote_code,
+                    attn_implementation=attn_implementation,
+                )
         # a local folder is recorded by its absolute path, so that a saved index finds it again
         name = str(Path(name_or_path).resolve()) if Path(name_or_path).is_dir() else str(name_or_path)
         return cls(
-            model,
+            [loaded[d] for d in devices],
             tokenizer,
             name=name,
             max_batch_tokens=max_batch_tokens,
@@ -150,32 +170,40 @@ class M3Embedder:
         cls,
         name_or_path: str | os.PathLike[str] = DEFAULT_MODEL,
         *,
-        device: str | torch.device | None = None,
+        device: str | torch.device | Sequence[str | torch.device] | None = None,
         dtype: str | torch.dtype | None = None,
         **kwargs: Any,
     ) -> M3Embedder:
         """One loaded model per (name, device, dtype) in this process: what the adapters use.
 
         The first call loads with :meth:`from_pretrained` (``kwargs`` go there); later calls with
-        the same name, device and dtype return the same instance.
+        the same name, device (or list of devices, in order) and dtype return the same instance.
 
         >>> M3Embedder.shared("tests/data/tiny-m3") is M3Embedder.shared("tests/data/tiny-m3")
         True
         """
-        torch_device = resolve_device(device)
-        torch_dtype = resolve_dtype(dtype, torch_device)
+        devices = resolve_devices(device)
+        torch_dtype = resolve_dtype(dtype, devices[0])
         path = Path(name_or_path)
         name = str(path.resolve()) if path.is_dir() else str(name_or_path)
-        key = (name, str(torch_device), str(torch_dtype))
+        key = (name, ",".join(str(d) for d in devices), str(torch_dtype))
         with _SHARED_LOCK:
             if key not in _SHARED:
-                _SHARED[key] = cls.from_pretrained(name_or_path, device=torch_device, dtype=torch_dtype, **kwargs)
+                chosen = devices[0] if len(devices) == 1 else devices
+                _SHARED[key] = cls.from_pretrained(name_or_path, device=chosen, dtype=torch_dtype, **kwargs)
             return _SHARED[key]
 
     def __repr__(self) -> str:
-        return f"M3Embedder({self.name!r}, device={str(self.device)!r}, dtype={str(self.dtype).removeprefix('torch.')})"
+        devices = [str(d) for d in self.devices]
+        shown = repr(devices[0]) if len(devices) == 1 else repr(devices)
+        return f"M3Embedder({self.name!r}, device={shown}, dtype={str(self.dtype).removeprefix('torch.')})"
 
     # ------------------------------------------------------------------ facts
+    @property
+    def devices(self) -> tuple[torch.device, ...]:
+        """Every replica's device, in the order given (one entry for a single device)."""
+        return tuple(r.device for r in self.replicas)
+
     @property
     def dim(self) -> int:
         """Size of the dense vectors (1024 for BGE-M3)."""
@@ -238,8 +266,10 @@ class M3Embedder:
         show_progress: bool | None = None,
     ) -> Iterator[EncodedBatch]:
         """Encode batch by batch, longest texts first; each :class:`EncodedBatch` says which
-        input positions it holds. Use it to stream a large corpus without holding every
-        ColBERT matrix in memory."""
+        input positions it holds (``batch.indices``). Use it to stream a large corpus without
+        holding every ColBERT matrix in memory: texts are tokenised window by window, so memory
+        stays bounded however many there are. With several devices the batches come in the
+        same order as with one."""
         items = _check_texts(texts)
         max_length = self._check_max_length(max_length)
         if not (dense or sparse or colbert):
@@ -247,71 +277,50 @@ class M3Embedder:
         self.model.check_modes(sparse=sparse, colbert=colbert, source=self.name)
         if not items:
             return
-        ids, overflow = self.tokenizer.encode_with_overflow(items, max_length)
-        truncated = np.asarray(overflow, dtype=bool)
-        if truncated.any():
-            logger.warning(
-                "%d of %d texts were longer than max_length=%d tokens and were truncated",
-                int(truncated.sum()),
-                len(items),
-                max_length,
-            )
-        lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
-        batches = plan_batches(lengths, max_tokens=self.max_batch_tokens, max_items=batch_size or self.batch_size)
-        show = len(items) >= _PROGRESS_MIN_TEXTS if show_progress is None else show_progress
-        with tqdm(total=len(items), desc="Encoding", unit="text", disable=not show) as bar:
-            for positions in batches:
-                batch_ids = [np.asarray(ids[i], dtype=np.int64) for i in positions.tolist()]
-                yield self._encode_batch(
-                    positions, batch_ids, truncated[positions], dense=dense, sparse=sparse, colbert=colbert
-                )
-                bar.update(len(positions))
-
-    def _encode_batch(
-        self,
-        positions: np.ndarray,
-        batch_ids: list[np.ndarray],
-        truncated: np.ndarray,
-        *,
-        dense: bool,
-        sparse: bool,
-        colbert: bool,
-    ) -> EncodedBatch:
-        input_np, mask_np = pad_batch(batch_ids, self.tokenizer.pad_id)
-        lengths = mask_np.sum(axis=1)
-        input_ids = torch.from_numpy(input_np).to(self.device, non_blocking=True)
-        mask = torch.from_numpy(mask_np).to(self.device, non_blocking=True)
-        fields: dict[str, Any] = {"indices": positions, "truncated": truncated}
-        with torch.inference_mode():
-            out = self.model(input_ids, mask, dense=dense, sparse=sparse, colbert=colbert)
-            if out.dense is not None:
-                fields["dense"] = out.dense.float().cpu().numpy()
-            if out.sparse is not None:
-                fields.update(self._gather_sparse(out.sparse, input_ids[mask.bool()], lengths))
-            if out.colbert is not None:
-                fields["colbert"] = out.colbert.float().cpu().numpy()
-                fields["colbert_offsets"] = np.concatenate([[0], np.cumsum(lengths - 1)])
-        return EncodedBatch(**fields)
-
-    def _gather_sparse(self, weights: torch.Tensor, token_ids: torch.Tensor, lengths: np.ndarray) -> dict[str, Any]:
-        """Per text, the max weight of each token id, dropping special tokens and weights <= 0.
-
-        ``weights`` and ``token_ids`` are (N,) over the batch's real tokens, row-major.
-        """
-        rows = torch.repeat_interleave(
-            torch.arange(len(lengths), device=weights.device), torch.from_numpy(lengths).to(weights.device)
+        batches = host_batches(
+            self.tokenizer,
+            items,
+            max_length=max_length,
+            max_tokens=self._token_budget,
+            max_items=batch_size or self.batch_size,
+            window_chars=max(4096, 8 * self._token_budget()),
+            pin_memory=self.device.type == "cuda" and torch.cuda.is_available(),
         )
-        keep = (weights > 0) & ~torch.isin(token_ids, self._unused_ids)
-        keys = rows[keep] * self.vocab_size + token_ids[keep]
-        unique, inverse = torch.unique(keys, sorted=True, return_inverse=True)
-        best = torch.zeros(len(unique), dtype=torch.float32, device=weights.device)
-        best = best.scatter_reduce(0, inverse, weights[keep].float(), reduce="amax", include_self=False)
-        counts = torch.bincount(unique // self.vocab_size, minlength=len(lengths))
-        return {
-            "sparse_ids": (unique % self.vocab_size).cpu().numpy(),
-            "sparse_weights": best.cpu().numpy(),
-            "sparse_offsets": np.concatenate([[0], np.cumsum(counts.cpu().numpy())]),
-        }
+        results = self._run_batches(batches, (dense, sparse, colbert))
+        show = len(items) >= _PROGRESS_MIN_TEXTS if show_progress is None else show_progress
+        truncated = 0
+        try:
+            with tqdm(total=len(items), desc="Encoding", unit="text", disable=not show) as bar:
+                for batch in results:
+                    truncated += int(batch.truncated.sum())
+                    yield batch
+                    bar.update(len(batch))
+        finally:
+            results.close()
+            if truncated:
+                logger.warning(
+                    "%d of %d texts were longer than max_length=%d tokens and were truncated",
+                    truncated,
+                    len(items),
+                    max_length,
+                )
+
+    def _token_budget(self) -> int:
+        """Padded tokens per batch: ``max_batch_tokens``, or less once a device ran out of memory."""
+        return min([self.max_batch_tokens, *[r.budget for r in self.replicas if r.budget is not None]])
+
+    def _run_batches(self, batches: Generator[HostBatch], modes: Modes) -> Generator[EncodedBatch]:
+        """Run the batches: dealt to the replicas, or on the one device in this thread."""
+        if len(self.replicas) > 1:
+            yield from deal(self.replicas, batches, modes)
+            return
+        replica = self.replicas[0]
+        source = Prefetcher(batches, self.input_prefetch) if self.input_prefetch > 0 else batches
+        try:
+            for batch in source:
+                yield replica.run(batch, modes)
+        finally:
+            source.close()
 
     def encode(
         self,
