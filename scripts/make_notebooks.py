@@ -65,8 +65,8 @@ QUICKSTART = [
         "weights = (0.4, 0.2, 0.4)  # BAAI's weighting; the default (1, 1, 1) is the plain average\n"
         "hits = index.search(query, k=5, weights=weights)\n"
         "for hit in hits:\n"
-        '    s = hit.scores\n'
-        '    print(f"{hit.score:.3f}  dense {s[\'dense\']:.3f}  sparse {s[\'sparse\']:.3f}  colbert {s[\'colbert\']:.3f}  "\n'
+        "    s = hit.scores\n"
+        "    print(f\"{hit.score:.3f}  dense {s['dense']:.3f}  sparse {s['sparse']:.3f}  colbert {s['colbert']:.3f}  \"\n"
         '          f"{hit.id:11} {hit.text[:40]}")'
     ),
     new_markdown_cell("## What each mode contributes to each hit's hybrid score"),
