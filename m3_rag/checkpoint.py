@@ -7,16 +7,23 @@ encoder weights (``model.safetensors`` or ``pytorch_model.bin``), ``colbert_line
 
 from __future__ import annotations
 
-import inspect
 import logging
 import os
+import re
 import sys
 from pathlib import Path
-from typing import Any
 
 from .errors import CheckpointError
 
-__all__ = ["COLBERT_HEAD", "SPARSE_HEAD", "WEIGHT_FILES", "CheckpointUnavailableError", "resolve_checkpoint"]
+__all__ = [
+    "COLBERT_HEAD",
+    "PROBE_TIMEOUT",
+    "SPARSE_HEAD",
+    "WEIGHT_FILES",
+    "CheckpointUnavailableError",
+    "probe_hub",
+    "resolve_checkpoint",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -89,33 +96,40 @@ def _is_network_error(exc: BaseException) -> bool:
     return False
 
 
-def _probe_hub(name: str, revision: str | None, token: str | bool | None) -> str | None:
-    """Ask the hub once, with a short timeout and no retries, for ``config.json`` of ``name``.
+def probe_hub(
+    name: str, *, revision: str | None = None, token: str | bool | None = None, filename: str = "config.json"
+) -> str | None:
+    """Ask the hub once, with a short timeout and no retries, for ``filename`` of repository ``name``.
 
     Returns ``None`` when the hub answered (even with an error status: the download then reports
     it), else a one-line description of the network failure. huggingface_hub itself retries a
     failed request five times with back-off (~25 s) before it gives up, which is what a user
-    without network would otherwise wait through on every command.
+    without network would otherwise wait through on every command. Any loader of hub models
+    (the cross-encoder too) can call this first and read only the cache when it returns a reason.
+    The timeout is :data:`PROBE_TIMEOUT` (5 s) unless ``HF_HUB_ETAG_TIMEOUT`` is set.
     """
-    from huggingface_hub import get_hf_file_metadata, hf_hub_url
-    from huggingface_hub.errors import HfHubHTTPError
+    from huggingface_hub import hf_hub_url
+    from huggingface_hub.utils import build_hf_headers, http_backoff
 
-    kwargs: dict[str, Any] = {}
-    if "retry_on_errors" in inspect.signature(get_hf_file_metadata).parameters:
-        kwargs["retry_on_errors"] = False  # huggingface_hub >= 1.0; older versions never retry a HEAD
     try:
-        get_hf_file_metadata(
-            hf_hub_url(name, "config.json", revision=revision), token=token, timeout=_probe_timeout(), **kwargs
+        # no retry on any exception or status (huggingface_hub >= 0.2x and 1.x/2.x alike): one request
+        http_backoff(
+            "HEAD",
+            hf_hub_url(name, filename, revision=revision),
+            headers=build_hf_headers(token=token),
+            timeout=_probe_timeout(),
+            retry_on_exceptions=(),
+            retry_on_status_codes=(),
         )
-    except HfHubHTTPError:
-        return None
     except Exception as exc:
         if not _is_network_error(exc):
             raise
         if any("timeout" in cls.__name__.lower() for cls in type(exc).__mro__):
             return f"no answer within {_probe_timeout():g} s; on a slow network raise HF_HUB_ETAG_TIMEOUT"
-        return _one_line(exc)
-    return None
+        # requests wraps the socket error in two layers of urllib3 text: keep "[Errno 111] Connection refused"
+        errno = re.search(r"\[Errno -?\d+\][^'\"()\]]+", str(exc))
+        return errno.group(0).strip() if errno else _one_line(exc)
+    return None  # any answer, 200 or 404 or 401: the hub is there
 
 
 def resolve_checkpoint(
@@ -161,7 +175,7 @@ def resolve_checkpoint(
                 "forbids downloading it",
                 "Pass a local checkpoint folder instead of the hub id, or download it once with network access",
             ) from exc
-    problem = _probe_hub(name, revision, token)
+    problem = probe_hub(name, revision=revision, token=token)
     if problem is None:
         return _download(name, revision=revision, cache_dir=cache_dir, token=token, local_files_only=False)
     try:

@@ -349,8 +349,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             ValueError,
             TypeError,
             OSError,
-        ) as exc:
-            print(f"m3-rag: error: {exc}", file=sys.stderr)
+        ) as exc:  # one line, whatever the library wrote (transformers' OSErrors span two)
+            print(f"m3-rag: error: {' '.join(str(exc).split()) or type(exc).__name__}", file=sys.stderr)
             return 1
         except KeyboardInterrupt:
             print("m3-rag: interrupted", file=sys.stderr)
