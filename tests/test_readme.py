@@ -78,6 +78,7 @@ def test_python_block_runs_on_its_own(block_id: str, code: str, tmp_path: Path) 
     assert "Traceback" not in done.stderr
 
 
+@pytest.mark.slow
 def test_shell_blocks_run(tmp_path: Path) -> None:
     shutil.copytree(ROOT / "examples", tmp_path / "examples")
     script = Path(sys.executable).with_name("m3-rag")
