@@ -69,6 +69,7 @@ def assert_one_hint_line(stderr: str) -> str:
     return last
 
 
+@pytest.mark.slow
 def test_first_command_offline_fails_fast_with_one_hint_line(tmp_path: Path) -> None:
     done, elapsed = timed_cli(
         ["index", str(CORPUS), "--index", str(tmp_path / "idx")], env_without_hub(tmp_path), tmp_path
@@ -82,6 +83,7 @@ def test_first_command_offline_fails_fast_with_one_hint_line(tmp_path: Path) -> 
     assert not (tmp_path / "idx").exists()  # nothing half-made
 
 
+@pytest.mark.slow
 def test_search_offline_names_the_same_ways_out(tmp_path: Path) -> None:
     (tmp_path / "idx").mkdir()
     done, elapsed = timed_cli(["search", "q", "--index", str(tmp_path / "idx")], env_without_hub(tmp_path), tmp_path)
@@ -89,6 +91,7 @@ def test_search_offline_names_the_same_ways_out(tmp_path: Path) -> None:
     assert done.returncode == 1 and "not an m3-rag index" in done.stderr and elapsed < FAIL_FAST_S
 
 
+@pytest.mark.slow
 def test_offline_mode_with_an_empty_cache_is_one_line_too(tmp_path: Path) -> None:
     env = env_without_hub(tmp_path, HF_HUB_OFFLINE="1")
     done, elapsed = timed_cli(["index", str(CORPUS), "--index", str(tmp_path / "idx")], env, tmp_path)
@@ -97,6 +100,7 @@ def test_offline_mode_with_an_empty_cache_is_one_line_too(tmp_path: Path) -> Non
     assert "is not in the Hugging Face cache" in last and "HF_HUB_OFFLINE=1 forbids downloading it" in last
 
 
+@pytest.mark.slow
 def test_python_api_offline_raises_at_once(tmp_path: Path) -> None:
     code = (
         "import time\n"
@@ -169,6 +173,7 @@ def silent_hub() -> Iterator[str]:
         server.close()
 
 
+@pytest.mark.slow
 def test_a_silent_hub_times_out_after_hf_hub_etag_timeout(tmp_path: Path, silent_hub: str) -> None:
     # telemetry off: huggingface_hub >= 2.4 first fetches an agent registry (a best-effort GET with a
     # 3 s timeout of its own, once per process and day); that wait is the hub's, not the probe's
@@ -180,6 +185,7 @@ def test_a_silent_hub_times_out_after_hf_hub_etag_timeout(tmp_path: Path, silent
     assert f"cannot reach the Hugging Face hub at {silent_hub} (no answer within 1 s; on a slow network raise" in last
 
 
+@pytest.mark.slow
 def test_every_log_message_is_printed_once(tmp_path: Path) -> None:
     """The hub's and transformers' loggers print through their own handlers: the CLI adds none to root."""
     code = (
@@ -211,6 +217,7 @@ def test_every_log_message_is_printed_once(tmp_path: Path) -> None:
     assert not any(line.startswith("m3-rag: ") and "m3 says" not in line for line in lines)
 
 
+@pytest.mark.slow
 def test_cli_errors_are_one_line(tmp_path: Path) -> None:
     code = (
         "import m3_rag.cli as cli\n"

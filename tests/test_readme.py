@@ -16,7 +16,9 @@ import shlex
 import shutil
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -64,16 +66,39 @@ def test_the_swaps_leave_no_hub_name() -> None:
         assert "BAAI/" not in swapped(code), f"{block_id}: a model name the test does not swap"
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize(("block_id", "code"), PYTHON, ids=[b for b, _ in PYTHON])
-def test_python_block_runs_on_its_own(block_id: str, code: str, tmp_path: Path) -> None:
-    script = tmp_path / "block.py"
+def run_block(code: str, folder: Path) -> subprocess.CompletedProcess[str]:
+    """One block, by itself, in a fresh interpreter whose working directory is an empty folder."""
+    folder.mkdir(parents=True)
+    script = folder / "block.py"
     script.write_text(swapped(code), encoding="utf-8")
     env = {k: v for k, v in os.environ.items() if k != "M3_RAG_MODEL"}
     env.update(HF_HUB_OFFLINE="1", PYTHONPATH="")
-    done = subprocess.run(
-        [sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+    return subprocess.run(
+        [sys.executable, str(script)], cwd=folder, env=env, capture_output=True, text=True, timeout=600
     )
+
+
+@pytest.fixture(scope="module")
+def block_runs(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Every selected block's run, two processes at a time (each one mostly imports: CPU-bound)."""
+    selected = {
+        item.callspec.params["block_id"]
+        for item in request.session.items
+        if getattr(item, "originalname", "") == "test_python_block_runs_on_its_own" and item.path == Path(__file__)
+    }
+    root = tmp_path_factory.mktemp("readme")
+    blocks = [(block_id, code) for block_id, code in PYTHON if block_id in selected]
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        futures = {
+            block_id: pool.submit(run_block, code, root / f"block{n}") for n, (block_id, code) in enumerate(blocks)
+        }
+        return {block_id: future.result() for block_id, future in futures.items()}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("block_id", "code"), PYTHON, ids=[b for b, _ in PYTHON])
+def test_python_block_runs_on_its_own(block_id: str, code: str, block_runs: dict[str, Any]) -> None:
+    done = block_runs[block_id]
     assert done.returncode == 0, f"README.md ({block_id}) failed:\n{done.stderr[-3000:]}"
     assert "Traceback" not in done.stderr
 
