@@ -8,9 +8,11 @@ encoder weights (``model.safetensors`` or ``pytorch_model.bin``), ``colbert_line
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import re
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -19,18 +21,39 @@ from .errors import CheckpointError
 
 __all__ = [
     "COLBERT_HEAD",
+    "PROBE_TIMEOUT",
     "SPARSE_HEAD",
     "WEIGHT_FILES",
+    "CheckpointUnavailableError",
     "check_config_fits_weights",
+    "probe_hub",
     "read_config",
     "resolve_checkpoint",
 ]
+
+logger = logging.getLogger(__name__)
 
 COLBERT_HEAD = "colbert_linear.pt"
 SPARSE_HEAD = "sparse_linear.pt"
 #: Encoder weight files, in order of preference.
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "sentencepiece.bpe.model")
+#: Seconds the one reachability check of the hub may take, unless ``HF_HUB_ETAG_TIMEOUT`` says otherwise.
+PROBE_TIMEOUT = 5.0
+_TRUE = {"1", "on", "yes", "true"}
+
+
+class CheckpointUnavailableError(CheckpointError):
+    """A hub checkpoint is not in the local cache, and the hub did not answer (or offline mode is on).
+
+    ``problem`` says what failed (endpoint, network error, cache folder) without advice, so that a
+    caller such as the ``m3-rag`` command can add its own hint; ``str(error)`` holds both.
+    """
+
+    def __init__(self, problem: str, hint: str) -> None:
+        super().__init__(f"{problem}. {hint}.")
+        self.problem = problem
+        self.hint = hint
 
 
 def _check_folder(folder: Path) -> Path:
@@ -45,6 +68,75 @@ def _check_folder(folder: Path) -> Path:
     if not (folder / "tokenizer.json").is_file() and not (folder / "sentencepiece.bpe.model").is_file():
         raise CheckpointError(f"{folder} is not a BGE-M3 checkpoint: no tokenizer.json")
     return folder
+
+
+def _one_line(exc: BaseException) -> str:
+    """An exception's message on one line, at most 300 characters."""
+    return (" ".join(str(exc).split()) or type(exc).__name__)[:300]
+
+
+def _offline(local_files_only: bool) -> bool:
+    from huggingface_hub import constants
+
+    env = (os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or "").strip().lower()
+    return local_files_only or bool(constants.HF_HUB_OFFLINE) or env in _TRUE
+
+
+def _probe_timeout() -> float:
+    raw = os.environ.get("HF_HUB_ETAG_TIMEOUT", "").strip()
+    try:
+        value = float(raw)
+    except ValueError:
+        return PROBE_TIMEOUT
+    return value if value > 0 else PROBE_TIMEOUT
+
+
+def _is_network_error(exc: BaseException) -> bool:
+    """No answer from the server at all: refused, unresolvable, timed out, offline mode, proxy down..."""
+    if isinstance(exc, (OSError, TimeoutError)):
+        return True
+    for module in ("httpx2", "httpx", "requests"):  # the hub's HTTP stack, whichever version is installed
+        found = sys.modules.get(module)
+        base = getattr(found, "TransportError", None) or getattr(found, "RequestException", None)
+        if isinstance(base, type) and isinstance(exc, base):
+            return True
+    return False
+
+
+def probe_hub(
+    name: str, *, revision: str | None = None, token: str | bool | None = None, filename: str = "config.json"
+) -> str | None:
+    """Ask the hub once, with a short timeout and no retries, for ``filename`` of repository ``name``.
+
+    Returns ``None`` when the hub answered (even with an error status: the download then reports
+    it), else a one-line description of the network failure. huggingface_hub itself retries a
+    failed request five times with back-off (~25 s) before it gives up, which is what a user
+    without network would otherwise wait through on every command. Any loader of hub models
+    (the cross-encoder too) can call this first and read only the cache when it returns a reason.
+    The timeout is :data:`PROBE_TIMEOUT` (5 s) unless ``HF_HUB_ETAG_TIMEOUT`` is set.
+    """
+    from huggingface_hub import hf_hub_url
+    from huggingface_hub.utils import build_hf_headers, http_backoff
+
+    try:
+        # no retry on any exception or status (huggingface_hub >= 0.2x and 1.x/2.x alike): one request
+        http_backoff(
+            "HEAD",
+            hf_hub_url(name, filename, revision=revision),
+            headers=build_hf_headers(token=token),
+            timeout=_probe_timeout(),
+            retry_on_exceptions=(),
+            retry_on_status_codes=(),
+        )
+    except Exception as exc:
+        if not _is_network_error(exc):
+            raise
+        if any("timeout" in cls.__name__.lower() for cls in type(exc).__mro__):
+            return f"no answer within {_probe_timeout():g} s; on a slow network raise HF_HUB_ETAG_TIMEOUT"
+        # requests wraps the socket error in two layers of urllib3 text: keep "[Errno 111] Connection refused"
+        errno = re.search(r"\[Errno -?\d+\][^'\"()\]]+", str(exc))
+        return errno.group(0).strip() if errno else _one_line(exc)
+    return None  # any answer, 200 or 404 or 401: the hub is there
 
 
 def resolve_checkpoint(
@@ -62,6 +154,11 @@ def resolve_checkpoint(
     Hugging Face cache: only the files that m3-rag reads are fetched, and only one weight
     file (``model.safetensors`` when the repository has it, else ``pytorch_model.bin``).
 
+    The hub is asked once first, with a short timeout (5 s, or ``HF_HUB_ETAG_TIMEOUT``) and no
+    retries. When it does not answer, the cached copy is used if there is one; otherwise a
+    :class:`CheckpointUnavailableError` is raised at once (so it is in offline mode when the cache
+    lacks the checkpoint).
+
     >>> resolve_checkpoint("tests/data/tiny-m3").name
     'tiny-m3'
     """
@@ -72,6 +169,49 @@ def resolve_checkpoint(
     if path.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1:
         raise CheckpointError(f"{name!r} is not a folder and cannot be a hub repository id")
 
+    from huggingface_hub import constants
+
+    cache = Path(cache_dir) if cache_dir is not None else Path(getattr(constants, "HF_HUB_CACHE", "the default cache"))
+    if _offline(local_files_only):
+        try:
+            return _download(name, revision=revision, cache_dir=cache_dir, token=token, local_files_only=True)
+        except _NotCached as exc:
+            why = "local_files_only=True" if local_files_only else "HF_HUB_OFFLINE=1"
+            raise CheckpointUnavailableError(
+                f"{name!r} is not in the Hugging Face cache {cache} ({exc.filename} is missing), and {why} "
+                "forbids downloading it",
+                "Pass a local checkpoint folder instead of the hub id, or download it once with network access",
+            ) from exc
+    problem = probe_hub(name, revision=revision, token=token)
+    if problem is None:
+        return _download(name, revision=revision, cache_dir=cache_dir, token=token, local_files_only=False)
+    try:
+        folder = _download(name, revision=revision, cache_dir=cache_dir, token=token, local_files_only=True)
+    except _NotCached as exc:
+        raise CheckpointUnavailableError(
+            f"cannot reach the Hugging Face hub at {constants.ENDPOINT} ({problem}) to download {name!r}, "
+            f"and it is not in the cache {cache}",
+            "Pass a local checkpoint folder instead of the hub id, or download it once with network access "
+            "(then HF_HUB_OFFLINE=1 reads the cache without asking the hub)",
+        ) from exc
+    logger.info("the Hugging Face hub did not answer (%s): using the cached %s", problem, name)
+    return folder
+
+
+class _NotCached(CheckpointError):
+    def __init__(self, message: str, filename: str) -> None:
+        super().__init__(message)
+        self.filename = filename
+
+
+def _download(
+    name: str,
+    *,
+    revision: str | None,
+    cache_dir: str | os.PathLike[str] | None,
+    token: str | bool | None,
+    local_files_only: bool,
+) -> Path:
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
@@ -88,16 +228,18 @@ def resolve_checkpoint(
                 )
             )
         except (EntryNotFoundError, LocalEntryNotFoundError) as exc:
-            if required:
-                raise CheckpointError(
-                    f"could not get {filename} of {name!r} from the Hugging Face hub or its cache "
-                    f"({type(exc).__name__}); check the name, your network, or pass a local folder"
-                ) from exc
-            return None
+            if not required:
+                return None
+            if local_files_only and isinstance(exc, LocalEntryNotFoundError):
+                raise _NotCached(f"{filename} of {name!r} is not in the Hugging Face cache", filename) from exc
+            raise CheckpointError(
+                f"could not get {filename} of {name!r} from the Hugging Face hub or its cache "
+                f"({type(exc).__name__}); check the name, your network, or pass a local folder"
+            ) from exc
         except Exception as exc:  # repository not found, gated, HTTP errors...
             raise CheckpointError(
-                f"could not get {name!r} from the Hugging Face hub: {exc}. Check the name, your network "
-                "(HF_HUB_OFFLINE=1 reads only the cache), or pass a local folder"
+                f"could not get {name!r} from the Hugging Face hub: {_one_line(exc)}. Check the name, your "
+                "network (HF_HUB_OFFLINE=1 reads only the cache), or pass a local folder"
             ) from exc
 
     config = fetch("config.json", required=True)
@@ -121,10 +263,6 @@ _SIZES = {
     "intermediate_size": (1, 1 << 20),
     "max_position_embeddings": (3, 1 << 20),
 }
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())[:300]
 
 
 def read_config(folder: Path, *, trust_remote_code: bool = False) -> dict[str, Any]:

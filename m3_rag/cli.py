@@ -13,15 +13,17 @@ closed pipe (``m3-rag search ... | head -1``) is not an error.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .checkpoint import CheckpointUnavailableError
 from .cli_index import CliError, collect_files, index_files
 from .colbert_codec import check_colbert_dtype
 from .encoder import DEFAULT_MODEL, M3Embedder
@@ -273,31 +275,63 @@ def _join_values(argv: list[str]) -> list[str]:
     return out
 
 
+#: The last words of a failed model download: every way to run without the hub.
+MODEL_HINT = (
+    f"pass a local checkpoint folder with --model PATH or {ENV_MODEL}=PATH, or download the model once with "
+    "network access and set HF_HUB_OFFLINE=1 to read it from the cache without asking the hub"
+)
+
+
+@contextlib.contextmanager
+def _log_to_stderr() -> Iterator[None]:
+    """m3-rag's own log records (warnings and up) as ``m3-rag: ...`` lines on stderr, each once.
+
+    Only the ``m3_rag`` logger gets a handler (and does not propagate meanwhile); the root logger is
+    left alone, because huggingface_hub and transformers print through handlers of their own and a
+    root handler would print each of their messages a second time. The handler is removed on
+    return, so that calling :func:`main` repeatedly in one process adds nothing up.
+    """
+    log = logging.getLogger("m3_rag")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("m3-rag: %(message)s"))
+    propagate = log.propagate
+    log.addHandler(handler)
+    log.propagate = False
+    try:
+        yield
+    finally:
+        log.removeHandler(handler)
+        log.propagate = propagate
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``m3-rag`` console script."""
-    logging.basicConfig(level=logging.WARNING, format="m3-rag: %(message)s")
     args = build_parser().parse_args(_join_values(list(sys.argv[1:] if argv is None else argv)))
-    try:
-        return int(args.func(args))
-    except BrokenPipeError:  # the reader went away (| head): not an error
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        return 0
-    except (
-        CliError,
-        CheckpointError,
-        IndexFormatError,
-        FileExistsError,
-        ImportError,
-        ValueError,
-        TypeError,
-        OSError,
-    ) as exc:
-        print(f"m3-rag: error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("m3-rag: interrupted", file=sys.stderr)
-        return 130
+    with _log_to_stderr():
+        try:
+            return int(args.func(args))
+        except BrokenPipeError:  # the reader went away (| head): not an error
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            return 0
+        except CheckpointUnavailableError as exc:  # no network and no cached copy: say how to go on
+            print(f"m3-rag: error: {exc.problem}; {MODEL_HINT}", file=sys.stderr)
+            return 1
+        except (
+            CliError,
+            CheckpointError,
+            IndexFormatError,
+            FileExistsError,
+            ImportError,
+            ValueError,
+            TypeError,
+            OSError,
+        ) as exc:  # one line, whatever the library wrote (transformers' OSErrors span two)
+            print(f"m3-rag: error: {' '.join(str(exc).split()) or type(exc).__name__}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            print("m3-rag: interrupted", file=sys.stderr)
+            return 130
 
 
 if __name__ == "__main__":

@@ -3,7 +3,10 @@
     python scripts/make_notebooks.py
 
 Every notebook reads its model from ``M3_RAG_MODEL`` (default ``BAAI/bge-m3``); the tests run
-them end to end offline against the tiny checkpoint (tests/test_notebooks.py).
+them end to end offline against the tiny checkpoint (tests/test_notebooks.py), check that the
+quickstart shows its figure (inline PNG: do not force a matplotlib backend here) and that no cell
+writes to stderr (warnings). Bar labels are ids, not texts: matplotlib's default font has no CJK
+glyphs and would warn about the Chinese passage.
 """
 
 from __future__ import annotations
@@ -56,17 +59,18 @@ QUICKSTART = [
     ),
     new_code_cell(
         "from m3_rag import M3Index\n\n"
+        'ids = ["bge-m3", "hybrid", "berlin", "paris", "berlin-de", "beijing-zh", "rag", "espresso"]\n'
         "index = M3Index(m3)\n"
-        'index.add(CORPUS, metadatas=[{"n": i} for i in range(len(CORPUS))])\n'
-        "weights = (0.4, 0.2, 0.4)\n"
+        'index.add(CORPUS, ids=ids, metadatas=[{"n": i} for i in range(len(CORPUS))])\n'
+        "weights = (0.4, 0.2, 0.4)  # BAAI's weighting; the default (1, 1, 1) is the plain average\n"
         "hits = index.search(query, k=5, weights=weights)\n"
         "for hit in hits:\n"
-        '    print(f"{hit.score:.3f}  {hit.scores}  {hit.text[:50]}")'
+        "    s = hit.scores\n"
+        "    print(f\"{hit.score:.3f}  dense {s['dense']:.3f}  sparse {s['sparse']:.3f}  colbert {s['colbert']:.3f}  \"\n"
+        '          f"{hit.id:11} {hit.text[:40]}")'
     ),
     new_markdown_cell("## What each mode contributes to each hit's hybrid score"),
     new_code_cell(
-        "import matplotlib\n"
-        'matplotlib.use("Agg")\n'
         "import matplotlib.pyplot as plt\n\n"
         "total = sum(weights)\n"
         'modes = ["dense", "sparse", "colbert"]\n'
@@ -74,13 +78,14 @@ QUICKSTART = [
         "left = [0.0] * len(hits)\n"
         "for mode, w in zip(modes, weights):\n"
         "    part = [w * hit.scores[mode] / total for hit in hits]\n"
-        '    ax.barh([h.text[:30] for h in hits], part, left=left, label=f"{mode} x {w / total:.2f}")\n'
+        '    ax.barh([h.id for h in hits], part, left=left, label=f"{mode} x {w / total:.2f}")\n'
         "    left = [a + b for a, b in zip(left, part)]\n"
         "ax.invert_yaxis()\n"
         'ax.set_xlabel("hybrid score")\n'
         "ax.legend()\n"
         "fig.tight_layout()\n"
-        "assert all(abs(l - h.score) < 1e-5 for l, h in zip(left, hits))  # the bars add up to the hybrid score"
+        "assert all(abs(l - h.score) < 1e-5 for l, h in zip(left, hits))  # the bars add up to the hybrid score\n"
+        "plt.show()"
     ),
 ]
 
@@ -161,6 +166,8 @@ LLAMAINDEX = [
 
 def write(name: str, cells: list) -> None:
     notebook = new_notebook(cells=cells)
+    for n, cell in enumerate(notebook.cells):
+        cell.id = f"{Path(name).stem}-{n}"  # stable ids: regenerating changes only what was edited
     notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     OUT.mkdir(exist_ok=True)
     nbformat.write(notebook, OUT / name)

@@ -42,6 +42,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return corpus, index
 
 
+@pytest.mark.slow
 def test_index_and_search_json(built) -> None:
     _corpus, index = built
     result = m3_rag("search", "Hauptstadt Deutschland Berlin", "--index", str(index), "-k", "3", "--json")
@@ -54,6 +55,7 @@ def test_index_and_search_json(built) -> None:
     assert hits[0]["score"] >= hits[1]["score"] >= hits[2]["score"]
 
 
+@pytest.mark.slow
 def test_chunks_never_exceed_the_limit(built) -> None:
     from m3_rag.tokenizer import M3Tokenizer
 
@@ -67,6 +69,7 @@ def test_chunks_never_exceed_the_limit(built) -> None:
     assert any(h["chunk"] > 0 for h in hits)  # long files were split
 
 
+@pytest.mark.slow
 def test_text_output_and_weights(built) -> None:
     _, index = built
     result = m3_rag("search", "capital of France", "--index", str(index), "-k", "2", "--weights", "0,0,1")
@@ -75,6 +78,7 @@ def test_text_output_and_weights(built) -> None:
     assert "dense" in result.stdout and "colbert" in result.stdout
 
 
+@pytest.mark.slow
 def test_rerank_model(built) -> None:
     _, index = built
     ce = ROOT / "tests" / "data" / "tiny-cross-encoder"
@@ -87,6 +91,7 @@ def test_rerank_model(built) -> None:
     assert "hybrid" in hits[0]["scores"]
 
 
+@pytest.mark.slow
 def test_info(built) -> None:
     _, index = built
     info = json.loads(m3_rag("info", "--index", str(index), "--json", model=None).stdout)
@@ -96,6 +101,7 @@ def test_info(built) -> None:
     assert m3_rag("info", "--index", str(index), model=None).returncode == 0
 
 
+@pytest.mark.slow
 def test_reindex_replaces_a_changed_file_only(built, tmp_path) -> None:
     corpus, index = built
     copy = tmp_path / "index"
@@ -115,6 +121,7 @@ def test_reindex_replaces_a_changed_file_only(built, tmp_path) -> None:
     assert after < before  # the old chunks of rag.txt are gone
 
 
+@pytest.mark.slow
 def test_model_from_the_index_when_none_given(built) -> None:
     _, index = built
     implicit = m3_rag("search", "Madrid", "--index", str(index), "-k", "3", "--json", model=None)
@@ -123,6 +130,7 @@ def test_model_from_the_index_when_none_given(built) -> None:
     assert json.loads(implicit.stdout) == json.loads(explicit.stdout)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -145,12 +153,14 @@ def test_errors_are_one_line(built, tmp_path, args, message) -> None:
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_wrong_file_type(tmp_path) -> None:
     (tmp_path / "a.pdf").write_bytes(b"%PDF")
     result = m3_rag("index", str(tmp_path / "a.pdf"), "--index", str(tmp_path / "i"))
     assert result.returncode == 1 and "only .txt and .md files" in result.stderr
 
 
+@pytest.mark.slow
 def test_milvus_store(tmp_path) -> None:
     pytest.importorskip("pymilvus")
     corpus = tmp_path / "corpus"

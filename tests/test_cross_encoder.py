@@ -56,6 +56,7 @@ def test_final_stage_orders_the_top_n_by_predict(index, cross_encoder, top_n) ->
         assert hit.scores["dense"] == pytest.approx(by_id[hit.id].scores["dense"])
 
 
+@pytest.mark.slow
 def test_model_name_and_batch(index) -> None:
     queries = ["capital of Germany", "vector database"]
     batch = index.search_batch(queries, k=2, cross_encoder=str(CE), cross_encoder_top_n=4)

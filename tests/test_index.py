@@ -43,6 +43,7 @@ def exhaustive(embedder: M3Embedder, query: str, weights=(1, 1, 1)) -> list[tupl
     return [(f"d{i}", scores[i]) for i in order]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("weights", [(1, 1, 1), (0.4, 0.2, 0.4)])
 @pytest.mark.parametrize("first_stage", [("dense", "sparse"), "dense"])
 def test_full_candidates_equal_exhaustive_scoring(index, embedder, weights, first_stage) -> None:
@@ -78,6 +79,7 @@ def test_sparse_first_stage_only_takes_lexical_matches(index) -> None:
     assert len(hits) < len(CORPUS)
 
 
+@pytest.mark.slow
 def test_search_batch_equals_single_searches(index) -> None:
     batch = index.search_batch(QUERIES, k=3)
     for query, hits in zip(QUERIES, batch):

@@ -237,6 +237,7 @@ async def test_batch_encodes_all_queries_in_one_pass() -> None:
     assert retriever.batch([]) == []
 
 
+@pytest.mark.slow
 def test_from_documents_and_from_texts(embedder: M3Embedder) -> None:
     docs = [Document(CORPUS[0], id="berlin", metadata={"src": "a"}), Document(CORPUS[1], metadata={"src": "b"})]
     retriever = M3HybridRetriever.from_documents(docs, embedder=embedder, k=2, colbert_dtype=None)

@@ -156,6 +156,7 @@ async def test_async_embedding_runs_off_the_event_loop(embedder: M3Embedder, mon
     np.testing.assert_allclose(single, batch[0], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_sparse_embedding_and_qdrant_functions(embedder: M3Embedder) -> None:
     sparse = M3SparseEmbedding(embedder=embedder)
     assert isinstance(sparse, BaseSparseEmbedding)
@@ -226,6 +227,7 @@ async def test_reranker_async_matches_sync(embedder: M3Embedder, events: list[Ba
 
 
 # ---------------------------------------------------------------------------- query engines
+@pytest.mark.slow
 async def test_vector_store_index_query_engine_with_reranker(embedder: M3Embedder, settings: None) -> None:
     index = VectorStoreIndex.from_documents(
         docs(), embed_model=M3Embedding(embedder=embedder), transformations=[SentenceSplitter(chunk_size=1024)]

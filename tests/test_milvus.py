@@ -88,6 +88,7 @@ def test_is_a_hybrid_store(stores) -> None:
     assert len(stores["float16"]) == len(CORPUS)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("colbert", ["float16", "float32", "none"])
 @pytest.mark.parametrize(
     ("candidates", "first_stage", "weights"),
@@ -110,6 +111,7 @@ def test_same_hits_and_scores_as_m3index(stores, references, colbert, candidates
         assert_same_hits(got, want[:2])
 
 
+@pytest.mark.slow
 def test_full_candidates_equal_exhaustive_scoring(stores, embedder) -> None:
     for query in QUERIES:
         hits = stores["float32"].search(query, k=len(CORPUS), candidates=len(CORPUS), first_stage="dense")
@@ -125,6 +127,7 @@ def test_search_batch_equals_single_searches(stores) -> None:
     assert store.search_batch([]) == []
 
 
+@pytest.mark.slow
 def test_filters_match_m3index(stores, references) -> None:
     store, index = stores["float16"], references["float16"]
     cases = [
@@ -192,6 +195,7 @@ def test_injection_does_not_widen_filters_gets_or_deletes(make) -> None:
     assert store.delete("x' or id != '") == 1 and len(store) == 2
 
 
+@pytest.mark.slow
 def test_upsert_delete_get(make) -> None:
     store = make()
     store.add(CORPUS, ids=IDS)

@@ -81,6 +81,7 @@ def test_compute_score_matches_reference(checkpoint, spec, weights_tag, weights,
     assert max(scores["sparse"]) > 0  # real lexical overlap is exercised
 
 
+@pytest.mark.slow
 def test_batching_does_not_change_outputs(tiny_path, spec) -> None:
     one = M3Embedder.from_pretrained(tiny_path, max_batch_tokens=1)  # every text alone
     many = M3Embedder.from_pretrained(tiny_path, max_batch_tokens=1 << 20)

@@ -7,6 +7,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
@@ -19,6 +20,7 @@ EMBEDDER = M3Embedder.shared(TINY, device="cpu")
 texts = st.text(st.characters(codec="utf-8"), max_size=300) | st.sampled_from(["", " ", "\n\t ", "😀" * 50])
 
 
+@pytest.mark.slow
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(texts, max_size=6), st.integers(2, 64))
 def test_encoding_any_unicode_is_well_formed(items: list[str], max_length: int) -> None:
@@ -45,6 +47,7 @@ def _unit(rows: list[list[float]]) -> np.ndarray:
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
+@pytest.mark.slow
 @settings(max_examples=60, deadline=None)
 @given(unit_rows, unit_rows, unit_rows)
 def test_dense_and_colbert_scores_are_bounded(
@@ -133,4 +136,4 @@ class IndexMachine(RuleBasedStateMachine):
 
 
 IndexMachine.TestCase.settings = settings(max_examples=12, stateful_step_count=8, deadline=None)
-TestIndexMachine = IndexMachine.TestCase
+TestIndexMachine = pytest.mark.slow(IndexMachine.TestCase)

@@ -45,6 +45,7 @@ def recall(index: M3Index, queries: list[str], exhaustive: list[list[str]], **kw
 # 0.370 for dense alone and 0.932 for sparse alone at 100 (the random tiny model's dense scores
 # are nearly flat, so the hybrid order follows the lexical scores). Pinned with a small margin:
 # the union of both first stages is what keeps recall high.
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("candidates", "first_stage", "at_least"),
     [

@@ -29,6 +29,7 @@ def saved(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_fuzzed_index_files_give_one_clear_error(saved: Path, tmp_path: Path) -> None:
     """Flip bytes, truncate or extend every file: loading either works or raises IndexFormatError."""
     rng = np.random.default_rng(1234)
@@ -101,6 +102,7 @@ def test_concurrent_searches_during_adds() -> None:
     assert len(index) == len(DOCS)
 
 
+@pytest.mark.slow
 def test_million_character_text_is_truncated_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
     embedder = M3Embedder.shared(TINY)
     text = ("Berlin Paris 北京 " * 70_000)[:1_000_000]
@@ -110,6 +112,7 @@ def test_million_character_text_is_truncated_with_a_warning(caplog: pytest.LogCa
     assert out.colbert is not None and out.colbert[0].shape[0] == 511
 
 
+@pytest.mark.slow
 def test_million_character_text_memory_is_bounded(tmp_path: Path) -> None:
     code = textwrap.dedent(
         """
@@ -129,6 +132,7 @@ def test_million_character_text_memory_is_bounded(tmp_path: Path) -> None:
     assert growth_mb < 400, f"encoding one 1M-character text grew the process by {growth_mb:.0f} MB"
 
 
+@pytest.mark.slow
 def test_many_short_texts_stream_with_a_progress_bar(capsys: pytest.CaptureFixture[str]) -> None:
     embedder = M3Embedder.shared(TINY)
     texts = [f"t{i}" for i in range(100_000)]
