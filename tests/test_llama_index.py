@@ -48,6 +48,7 @@ from m3_rag.integrations.llama_index import (
     to_core_filter,
 )
 from m3_rag.integrations.llama_index.handoff import handoff_for
+from _llama_index_helpers import Passes
 
 TEXTS = [
     "Berlin is the capital and largest city of Germany.",
@@ -362,7 +363,9 @@ async def test_ingestion_pipeline_fills_a_vector_store(embedder: M3Embedder) -> 
 
 
 @pytest.mark.filterwarnings("ignore:Payload indexes have no effect in the local Qdrant:UserWarning")
-def test_qdrant_hybrid_with_m3_sparse_functions(embedder: M3Embedder, settings: None) -> None:
+def test_qdrant_hybrid_with_m3_sparse_functions(
+    embedder: M3Embedder, settings: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
     qdrant_client = pytest.importorskip("qdrant_client")
     QdrantVectorStore = pytest.importorskip("llama_index.vector_stores.qdrant").QdrantVectorStore
     sparse = M3SparseEmbedding(embedder=embedder)
@@ -370,10 +373,15 @@ def test_qdrant_hybrid_with_m3_sparse_functions(embedder: M3Embedder, settings: 
         client=qdrant_client.QdrantClient(location=":memory:"), collection_name="m3", enable_hybrid=True,
         sparse_doc_fn=sparse.sparse_doc_fn, sparse_query_fn=sparse.sparse_query_fn,
     )  # fmt: skip
+    passes = Passes(embedder, monkeypatch)
     index = VectorStoreIndex.from_documents(
         docs(), storage_context=StorageContext.from_defaults(vector_store=store),
         embed_model=M3Embedding(embedder=embedder), transformations=[SentenceSplitter(chunk_size=1024)],
     )  # fmt: skip
+    assert dict(passes.texts) == {t: 1 for t in TEXTS}  # dense and sparse of each text from one pass
+    river = "Which river flows into the North Sea?"
+    assert len(index.as_retriever(vector_store_query_mode="hybrid", similarity_top_k=2).retrieve(river)) == 2
+    assert passes.texts[river] == 1  # and of the query
     want = expected(embedder, QUERY, TEXTS)
     lexical = store.query(VectorStoreQuery(query_str=QUERY, mode=VectorStoreQueryMode.SPARSE, sparse_top_k=len(TEXTS)))
     got = {TEXTS.index(n.get_content()): s for n, s in zip(lexical.nodes, lexical.similarities)}

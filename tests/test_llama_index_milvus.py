@@ -22,7 +22,7 @@ from m3_rag import M3Embedder
 from m3_rag.encode_cache import cache_for
 from m3_rag.integrations.llama_index import M3Embedding, M3SparseEmbedding
 from m3_rag.integrations.llama_index.milvus import M3MilvusSparseFunction, M3MilvusVectorStore
-from tests._llama_index_helpers import Passes
+from _llama_index_helpers import Passes
 
 TEXTS = [
     "Berlin is the capital and largest city of Germany.",
@@ -57,6 +57,14 @@ def test_sparse_function_answers_node_by_node_from_the_dense_pass(embedder: M3Em
     assert function.encode_documents([""]) == [{embedder.vocab_size: 1.0}]  # Milvus refuses empty rows
     with pytest.raises(TypeError, match="not both"):
         M3MilvusSparseFunction(embed, embedder=embedder)
+
+    passes.reset()  # announced calls: each asked text gets the weights of its encoded text, in order
+    function.expect_documents(["a", "a", "b"], [TEXTS[0], TEXTS[1], TEXTS[2]])
+    assert passes.total == 0  # those texts were encoded by the dense pass above
+    answers = [function.encode_documents([t])[0] for t in ("a", "b", "a")]
+    assert answers == [one_by_one[0], one_by_one[2], one_by_one[1]]
+    with pytest.raises(ValueError, match="same length"):
+        function.expect_documents(["a"], [])
     assert isinstance(M3MilvusSparseFunction(embedder=embedder).embedder, M3Embedder)
     assert M3MilvusSparseFunction(M3SparseEmbedding(embedder=embedder)).embedder is embedder
 
@@ -80,11 +88,10 @@ def test_milvus_hybrid_passes_per_text(
         transformations=[SentenceSplitter(chunk_size=1024)],
     )  # fmt: skip
     assert passes.per_text() == 1.0  # every distinct text once
-    if not with_metadata:  # the sparse field's text is the one the dense pass saw: one pass per node
+    if with_metadata and store_class is MilvusVectorStore:  # it asks for node.text, one node per call
+        assert passes.total == 2 * len(TEXTS) and passes.calls == 1 + len(TEXTS)
+    else:  # the sparse weights come from the dense pass: one pass per node
         assert passes.total == len(TEXTS) and passes.calls == 1
-    else:  # node.text and the embedded text differ: two texts per node; batched by M3MilvusVectorStore only
-        assert passes.total == 2 * len(TEXTS)
-        assert passes.calls == (2 if store_class is M3MilvusVectorStore else 1 + len(TEXTS))
 
     passes.reset()
     found = index.as_retriever(vector_store_query_mode="hybrid", similarity_top_k=3).retrieve(QUERY)
@@ -93,7 +100,8 @@ def test_milvus_hybrid_passes_per_text(
     # milvus-lite 3.2: it hard-codes drop_ratio_search=0.2, which milvus-lite refuses)
     rows = store.client.query(store.collection_name, filter="", limit=100, output_fields=["id", "sparse_embedding"])
     assert len(rows) == len(TEXTS)
-    texts = {f"{n.node_id}": n.get_content(MetadataMode.NONE) for n in found}
+    mode = MetadataMode.EMBED if store_class is M3MilvusVectorStore else MetadataMode.NONE
+    texts = {f"{n.node_id}": n.node.get_content(mode) for n in found}  # what the sparse field is of
     for row in rows:
         if row["id"] in texts:  # the nodes found: their text is known
             want = embedder.encode_documents([texts[row["id"]]]).sparse[0]

@@ -46,7 +46,7 @@ from m3_rag.integrations.llama_index import (
 )
 from m3_rag.integrations.llama_index.handoff import EncodingHandoff, handoff_for
 from m3_rag.integrations.llama_index.nodes import node_record, record_node
-from tests._llama_index_helpers import Passes
+from _llama_index_helpers import Passes
 
 TEXTS = [
     "Berlin is the capital and largest city of Germany.",

@@ -7,15 +7,18 @@ Needs ``pip install "m3-rag[llama-index,milvus]" llama-index-vector-stores-milvu
   ``MilvusVectorStore(enable_sparse=True, sparse_embedding_function=...)`` wants: BGE-M3's lexical
   weights as ``{token_id: weight}``, through the encode cache shared with :class:`M3Embedding`, so
   a text the dense pass already saw costs no second pass.
-- :class:`M3MilvusVectorStore`, ``MilvusVectorStore`` with one change: ``add`` first encodes, in
-  one batch, the texts its loop will then ask the sparse function for one node at a time.
+- :class:`M3MilvusVectorStore`, ``MilvusVectorStore`` with one change: its sparse field holds the
+  weights of the text its dense vector is of.
 
-Why the second: Milvus's store asks for the sparse weights of ``node.text`` one node at a time,
-while the dense vector LlamaIndex computed is of ``node.get_content(MetadataMode.EMBED)``. For nodes
-whose embedding model sees no metadata the two texts are the same and the dense pass's sparse half
-answers every call (1 pass per node, with either class); otherwise they are two texts, and
-``MilvusVectorStore`` runs the model once per node, unbatched -- ``M3MilvusVectorStore`` batches
-them (each of the two texts once). Milvus refuses empty sparse rows: a text without weights gets
+Why the second: LlamaIndex computes the dense vector of ``node.get_content(MetadataMode.EMBED)``
+(the text with the metadata the embedding model sees), but ``MilvusVectorStore.add`` asks the sparse
+function for ``node.text``, one node at a time. For nodes whose embedding model sees no metadata
+the two are the same text and the dense pass's sparse half answers every call: one pass per node
+with either class. Otherwise ``MilvusVectorStore`` runs the model a second time per node, one node
+per call (two texts per node, 1 + nodes encode calls). ``M3MilvusVectorStore.add`` tells the
+function, before the loop, which text each call stands for, so the sparse weights come from the
+same pass as the dense vector -- one pass per node, and dense and sparse describe the same text,
+as in LlamaIndex's Qdrant store. Milvus refuses empty sparse rows: a text without weights gets
 one on a token id no query has (``vocab_size``).
 
 Example (``MilvusVectorStore`` keeps its arguments)::
@@ -32,7 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Sequence
 from typing import Any
 
@@ -46,13 +49,13 @@ except ImportError as exc:
         'pip install "m3-rag[llama-index,milvus]" llama-index-vector-stores-milvus'
     ) from exc
 
-from llama_index.core.schema import BaseNode
+from llama_index.core.schema import BaseNode, MetadataMode
 
 from .embeddings import M3Embedding, M3SparseEmbedding, sparse_weights
 
 __all__ = ["M3MilvusSparseFunction", "M3MilvusVectorStore"]
 
-_PREFETCH = 1 << 16  # texts kept for the calls that follow a prefetch, at most
+_EXPECTED = 1 << 16  # texts kept for the calls announced by expect_documents, at most
 
 
 class M3MilvusSparseFunction(BaseSparseEmbeddingFunction):
@@ -73,7 +76,7 @@ class M3MilvusSparseFunction(BaseSparseEmbeddingFunction):
         self.query_max_length = embedding.query_max_length
         self.passage_max_length = embedding.passage_max_length
         self._placeholder = {int(self.embedder.vocab_size): 1.0}
-        self._prefetched: OrderedDict[str, dict[int, float]] = OrderedDict()
+        self._expected: OrderedDict[str, deque[dict[int, float]]] = OrderedDict()
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -84,26 +87,40 @@ class M3MilvusSparseFunction(BaseSparseEmbeddingFunction):
         return sparse_weights(self.embedder, list(queries), query=True, max_length=self.query_max_length)
 
     def encode_documents(self, documents: list[str]) -> list[dict[int, float]]:
-        """Sparse weights of documents: prefetched ones first, then the shared cache, then one pass for the rest."""
+        """Sparse weights of documents: announced ones first (see :meth:`expect_documents`), then the shared
+        cache (the sparse half of the dense pass), then one pass for the rest, together."""
         items = list(documents)
         with self._lock:
-            found = [self._prefetched.pop(text, None) for text in items]
+            found = [self._pop(text) for text in items]
         missing = [t for t, w in zip(items, found) if w is None]
         fresh = iter(sparse_weights(self.embedder, missing, query=False, max_length=self.passage_max_length))
         return [(w if w is not None else next(fresh)) or dict(self._placeholder) for w in found]
 
-    def prefetch_documents(self, documents: Sequence[str]) -> None:
-        """Encode documents now, in one batch, for the ``encode_documents`` calls that will ask for them."""
-        items = list(dict.fromkeys(documents))
-        if not items:
+    def _pop(self, text: str) -> dict[int, float] | None:
+        queue = self._expected.get(text)
+        if not queue:
+            return None
+        weights = queue.popleft()
+        if not queue:
+            del self._expected[text]
+        return weights
+
+    def expect_documents(self, asked: Sequence[str], encoded: Sequence[str] | None = None) -> None:
+        """Announce ``encode_documents`` calls: the ``i``-th call for ``asked[i]`` gets the weights of
+        ``encoded[i]`` (default: ``asked[i]`` itself), all computed now in one batch."""
+        wanted = list(asked)
+        texts = wanted if encoded is None else list(encoded)
+        if len(texts) != len(wanted):
+            raise ValueError(f"asked and encoded must have the same length, got {len(wanted)} and {len(texts)}")
+        if not texts:
             return
-        weights = sparse_weights(self.embedder, items, query=False, max_length=self.passage_max_length)
+        weights = sparse_weights(self.embedder, texts, query=False, max_length=self.passage_max_length)
         with self._lock:
-            for text, w in zip(items, weights):
-                self._prefetched[text] = w
-                self._prefetched.move_to_end(text)
-            while len(self._prefetched) > _PREFETCH:
-                self._prefetched.popitem(last=False)
+            for text, w in zip(wanted, weights):
+                self._expected.setdefault(text, deque()).append(w)
+                self._expected.move_to_end(text)
+            while len(self._expected) > _EXPECTED:
+                self._expected.popitem(last=False)
 
     async def async_encode_queries(self, queries: list[str]) -> list[dict[int, float]]:
         return await asyncio.to_thread(self.encode_queries, queries)
@@ -113,23 +130,25 @@ class M3MilvusSparseFunction(BaseSparseEmbeddingFunction):
 
 
 class M3MilvusVectorStore(MilvusVectorStore):
-    """``MilvusVectorStore`` whose ``add`` encodes the sparse field's texts in one batch (see the module docs)."""
+    """``MilvusVectorStore`` whose sparse field holds the weights of the text the dense vector is of
+    (``node.get_content(MetadataMode.EMBED)``), from the same pass (see the module docs)."""
 
     @classmethod
     def class_name(cls) -> str:
         return "M3MilvusVectorStore"
 
-    def _prefetch(self, nodes: Sequence[BaseNode]) -> None:
+    def _announce(self, nodes: Sequence[BaseNode]) -> None:
         function = self.sparse_embedding_function
-        if self.enable_sparse and isinstance(function, M3MilvusSparseFunction):
-            function.prefetch_documents([node.text for node in nodes if hasattr(node, "text")])
+        if self.enable_sparse and isinstance(function, M3MilvusSparseFunction):  # add's loop asks for node.text
+            texts = [node for node in nodes if hasattr(node, "text")]
+            function.expect_documents([n.text for n in texts], [n.get_content(MetadataMode.EMBED) for n in texts])
 
     def add(self, nodes: Sequence[BaseNode], **add_kwargs: Any) -> list[str]:
-        self._prefetch(nodes)
+        self._announce(nodes)
         ids: list[str] = super().add(list(nodes), **add_kwargs)
         return ids
 
     async def async_add(self, nodes: Sequence[BaseNode], **add_kwargs: Any) -> list[str]:
-        await asyncio.to_thread(self._prefetch, nodes)
+        await asyncio.to_thread(self._announce, nodes)
         ids: list[str] = await super().async_add(list(nodes), **add_kwargs)
         return ids
