@@ -14,6 +14,7 @@ import pytest
 
 pytest.importorskip("llama_index.core")
 
+from _llama_index_helpers import Passes
 from llama_index.core import Document, Settings, StorageContext, VectorStoreIndex
 from llama_index.core.base.embeddings.base_sparse import BaseSparseEmbedding
 from llama_index.core.embeddings import BaseEmbedding
@@ -48,7 +49,6 @@ from m3_rag.integrations.llama_index import (
     to_core_filter,
 )
 from m3_rag.integrations.llama_index.handoff import handoff_for
-from _llama_index_helpers import Passes
 
 TEXTS = [
     "Berlin is the capital and largest city of Germany.",
@@ -420,7 +420,7 @@ def test_docstring_examples() -> None:
     from m3_rag.integrations import llama_index
 
     attempted = 0
-    for name in ("", ".embeddings", ".postprocessor", ".retriever", ".nodes", ".handoff", ".vectorstore"):
+    for name in ("", ".embeddings", ".postprocessor", ".retriever", ".nodes", ".handoff", ".vectorstore", ".query"):
         module = importlib.import_module(llama_index.__name__ + name)
         result = doctest.testmod(module)
         assert result.failed == 0, module.__name__

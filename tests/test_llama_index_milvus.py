@@ -13,6 +13,7 @@ import pytest
 pytest.importorskip("llama_index.vector_stores.milvus")
 pytest.importorskip("milvus_lite")
 
+from _llama_index_helpers import Passes
 from llama_index.core import Document, StorageContext, VectorStoreIndex
 from llama_index.core.node_parser import SentenceSplitter
 from llama_index.core.schema import MetadataMode
@@ -22,7 +23,6 @@ from m3_rag import M3Embedder
 from m3_rag.encode_cache import cache_for
 from m3_rag.integrations.llama_index import M3Embedding, M3SparseEmbedding
 from m3_rag.integrations.llama_index.milvus import M3MilvusSparseFunction, M3MilvusVectorStore
-from _llama_index_helpers import Passes
 
 TEXTS = [
     "Berlin is the capital and largest city of Germany.",

@@ -16,6 +16,7 @@ import pytest
 
 pytest.importorskip("llama_index.core")
 
+from _llama_index_helpers import Passes
 from llama_index.core import Document, StorageContext, VectorStoreIndex, load_index_from_storage
 from llama_index.core.ingestion import IngestionPipeline
 from llama_index.core.llms import MockLLM
@@ -46,7 +47,6 @@ from m3_rag.integrations.llama_index import (
 )
 from m3_rag.integrations.llama_index.handoff import EncodingHandoff, handoff_for
 from m3_rag.integrations.llama_index.nodes import node_record, record_node
-from _llama_index_helpers import Passes
 
 TEXTS = [
     "Berlin is the capital and largest city of Germany.",

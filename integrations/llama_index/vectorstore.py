@@ -26,6 +26,11 @@ Query modes (``VectorStoreQuery.mode``):
 - ``SPARSE``: sparse candidates ranked by the lexical score alone (weights ``(0, 1, 0)``):
   ``sparse_top_k`` (or ``similarity_top_k``) nodes sharing a token with the query.
 
+Results: the stored nodes (unchanged), ``similarities`` (the ranking score) and ``ids``, plus
+``scores`` (per node, the per-mode scores) in :class:`M3VectorStoreQueryResult`. LlamaIndex's
+``VectorIndexRetriever`` keeps only the similarity; :class:`M3Retriever` over the same store returns
+the per-mode scores next to each node (``M3NodeWithScore.scores``).
+
 ``filters`` (``MetadataFilters``, see :func:`~.filters.to_core_filter`), ``doc_ids`` (nodes of
 those source documents) and ``node_ids`` (a non-empty list restricts the search to those nodes)
 apply in every mode. ``vector_store_kwargs`` may set ``weights``, ``candidates``,
@@ -77,19 +82,20 @@ from m3_rag.filters import Filter, matches, parse_filter
 from m3_rag.output import M3Output
 from m3_rag.records import Record
 from m3_rag.retrieval import HybridStore, check_first_stage
-from m3_rag.scoring import Weights, normalize_weights
+from m3_rag.scoring import normalize_weights
 
 from ._common import resolve_embedder
 from .embeddings import M3Embedding
 from .filters import to_core_filter
 from .handoff import handoff_for
-from .nodes import NODE_ID_KEY, node_record, record_node, ref_doc_id_of
+from .nodes import node_record, record_node, ref_doc_id_of
+from .query import hybrid_weights, persist_folder, query_filter
 
 __all__ = ["QUERY_MODES", "M3VectorStore", "M3VectorStoreQueryResult", "hybrid_weights", "persist_folder"]
 
 #: The ``VectorStoreQuery`` modes M3VectorStore answers.
 QUERY_MODES = (VectorStoreQueryMode.DEFAULT, VectorStoreQueryMode.HYBRID, VectorStoreQueryMode.SPARSE)
-_SPARSE_ONLY = (0.0, 1.0, 0.0)
+_SPARSE_ONLY = (0.0, 1.0, 0.0)  # SPARSE queries rank by the lexical score alone
 _QUERY_OPTIONS = ("weights", "candidates", "first_stage", "cross_encoder", "cross_encoder_top_n")
 _PAGE = 1000  # records read per store.get while scanning
 
@@ -99,31 +105,6 @@ class M3VectorStoreQueryResult(VectorStoreQueryResult):
     """LlamaIndex's query result plus ``scores``: the per-mode scores of each node (dense, sparse, colbert)."""
 
     scores: list[dict[str, float]] | None = None
-
-
-def hybrid_weights(weights: Sequence[float], alpha: float | None) -> Weights:
-    """The weights of a HYBRID query: ``alpha`` splits the dense + sparse share, ColBERT keeps its own.
-
-    >>> hybrid_weights((1, 1, 1), 0.5), hybrid_weights((1, 1, 1), 1.0), hybrid_weights((0.4, 0.2, 0.4), None)
-    ((1.0, 1.0, 1.0), (2.0, 0.0, 1.0), (0.4, 0.2, 0.4))
-    """
-    w_dense, w_sparse, w_colbert = normalize_weights(weights)
-    if alpha is None:
-        return w_dense, w_sparse, w_colbert
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha must be a number in [0, 1] (1: dense only, 0: sparse only) or None, got {alpha!r}")
-    share = (w_dense + w_sparse) or 1.0  # a ColBERT-only weighting: alpha splits a share of 1
-    return normalize_weights((alpha * share, (1.0 - alpha) * share, w_colbert))
-
-
-def persist_folder(persist_path: str | os.PathLike[str]) -> Path:
-    """The index folder for LlamaIndex's ``persist_path``: the path without ``.json``.
-
-    >>> persist_folder("storage/default__vector_store.json").as_posix()
-    'storage/default__vector_store'
-    """
-    path = Path(persist_path)
-    return path.with_suffix("") if path.suffix == ".json" else path
 
 
 class M3VectorStore(BasePydanticVectorStore):
@@ -366,7 +347,7 @@ class M3VectorStore(BasePydanticVectorStore):
             candidates=max(int(kwargs.get("candidates", self.candidates)), *asked),
             first_stage=stages,
             weights=weights,
-            filter=_query_filter(query),
+            filter=query_filter(query),
             cross_encoder=kwargs.get("cross_encoder"),
             cross_encoder_top_n=kwargs.get("cross_encoder_top_n"),
         )
@@ -399,18 +380,3 @@ class M3VectorStore(BasePydanticVectorStore):
 
     async def aquery(self, query: VectorStoreQuery, **kwargs: Any) -> M3VectorStoreQueryResult:
         return await asyncio.to_thread(self.query, query, **kwargs)
-
-
-def _query_filter(query: VectorStoreQuery) -> dict[str, Any] | None:
-    """``filters``, ``doc_ids`` and ``node_ids`` of a query as one core filter."""
-    terms = []
-    core = to_core_filter(query.filters)
-    if core:
-        terms.append(core)
-    if query.doc_ids:
-        terms.append({"ref_doc_id": {"$in": list(query.doc_ids)}})
-    if query.node_ids:  # VectorStoreIndex passes [] when it restricts nothing
-        terms.append({NODE_ID_KEY: {"$in": list(query.node_ids)}})
-    if not terms:
-        return None
-    return terms[0] if len(terms) == 1 else {"$and": terms}
