@@ -42,7 +42,10 @@ class M3Embedding(BaseEmbedding):
     :meth:`M3Embedder.encode_documents`; each batch of ``embed_batch_size`` texts is one call
     (the model sorts it by length and runs it in token-budget batches). Vectors are
     L2-normalised lists of Python floats. The async methods run the model in a worker thread,
-    so they do not block the event loop.
+    so they do not block the event loop. One pass per text: the sparse half of each pass waits in
+    the shared encode cache for :class:`M3SparseEmbedding` (Qdrant's and Milvus's hybrid modes), and
+    while an :class:`M3VectorStore` on the same model is alive, document passes also make the
+    sparse and ColBERT outputs that store takes in ``add`` (:mod:`~.handoff`).
 
     Args:
         model_name: hub id or local folder (default ``"BAAI/bge-m3"``); loaded once per process
@@ -126,7 +129,8 @@ class M3Embedding(BaseEmbedding):
 class M3SparseEmbedding(BaseSparseEmbedding):
     """BGE-M3's lexical weights as a LlamaIndex sparse embedding: ``{token_id: weight}``.
 
-    The inner product of two of these is BGE-M3's sparse score. For Qdrant's hybrid mode pass
+    The inner product of two of these is BGE-M3's sparse score. Texts that :class:`M3Embedding` on
+    the same model already encoded cost no second pass (the shared encode cache). For Qdrant's hybrid mode pass
     the bound methods :meth:`sparse_doc_fn` and :meth:`sparse_query_fn`, which return the
     batched ``(indices, values)`` form that ``QdrantVectorStore`` expects::
 

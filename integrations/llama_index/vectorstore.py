@@ -125,7 +125,6 @@ class M3VectorStore(BasePydanticVectorStore):
 
     stores_text: bool = True
     is_embedding_query: bool = False
-    flat_metadata: bool = False
     weights: tuple[float, float, float] = Field(default=(1.0, 1.0, 1.0), description="(w_dense, w_sparse, w_colbert).")
     candidates: int = Field(default=100, ge=1, description="First-stage candidates per mode.")
     first_stage: tuple[str, ...] = Field(default=("dense", "sparse"), description="Modes that pick candidates.")
