@@ -138,7 +138,7 @@ LLAMAINDEX = [
         "from llama_index.core import Document, VectorStoreIndex\n"
         "from llama_index.core.llms import MockLLM\n"
         "from m3_rag import M3Embedder\n"
-        "from m3_rag.integrations.llama_index import M3Embedding, M3Reranker\n\n"
+        "from m3_rag.integrations.llama_index import M3Embedding, M3Reranker, scores_of\n\n"
         "m3 = M3Embedder.shared(MODEL)\n"
         "index = VectorStoreIndex.from_documents([Document(text=t) for t in CORPUS], embed_model=M3Embedding(embedder=m3))\n"
         "engine = index.as_query_engine(\n"
@@ -146,7 +146,7 @@ LLAMAINDEX = [
         ")\n"
         'response = engine.query("What is the capital of Germany?")\n'
         "for node in response.source_nodes:\n"
-        '    print(round(node.score, 3), node.node.metadata["dense_score"], node.node.get_content()[:60])'
+        '    print(round(node.score, 3), scores_of(node)["dense"], node.node.get_content()[:60])'
     ),
     new_markdown_cell("## The M3 hybrid retriever, with metadata filters"),
     new_code_cell(

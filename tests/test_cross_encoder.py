@@ -118,7 +118,7 @@ def test_framework_adapters_take_the_final_stage(index, cross_encoder) -> None:
     from m3_rag.integrations.langchain import M3HybridRetriever
     from m3_rag.integrations.langchain import M3Reranker as LangChainReranker
     from m3_rag.integrations.llama_index import M3Reranker as LlamaReranker
-    from m3_rag.integrations.llama_index import M3Retriever
+    from m3_rag.integrations.llama_index import M3Retriever, scores_of
 
     query = "capital of Germany"
     embedder = index.embedder
@@ -132,7 +132,7 @@ def test_framework_adapters_take_the_final_stage(index, cross_encoder) -> None:
 
     nodes = M3Retriever(index, similarity_top_k=2, cross_encoder=cross_encoder, cross_encoder_top_n=4).retrieve(query)
     assert [n.node.get_content() for n in nodes] == expected
-    assert nodes[0].score == nodes[0].node.metadata["cross_encoder_score"]
+    assert nodes[0].score == scores_of(nodes[0])["cross_encoder"]
 
     lc = LangChainReranker(embedder=embedder, top_n=2, rerank_with=cross_encoder, rerank_top_n=4)
     reranked = lc.compress_documents([Document(page_content=t) for t in CORPUS], query)
@@ -142,7 +142,7 @@ def test_framework_adapters_take_the_final_stage(index, cross_encoder) -> None:
     li = LlamaReranker(embedder=embedder, top_n=2, rerank_with=cross_encoder, rerank_top_n=4)
     out = li.postprocess_nodes([NodeWithScore(node=TextNode(text=t), score=0.0) for t in CORPUS], query_str=query)
     assert [n.node.get_content() for n in out] == _expected(cross_encoder, query, hybrid_top4, 2)
-    assert "hybrid_score" in out[0].node.metadata
+    assert "hybrid" in scores_of(out[0])
 
 
 def test_milvus_store_takes_the_final_stage(index, cross_encoder, tmp_path) -> None:

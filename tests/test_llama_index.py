@@ -14,6 +14,7 @@ import pytest
 
 pytest.importorskip("llama_index.core")
 
+from _llama_index_helpers import Passes
 from llama_index.core import Document, Settings, StorageContext, VectorStoreIndex
 from llama_index.core.base.embeddings.base_sparse import BaseSparseEmbedding
 from llama_index.core.embeddings import BaseEmbedding
@@ -37,14 +38,17 @@ from llama_index.core.vector_stores import (
 from llama_index.core.vector_stores.types import VectorStoreQueryMode
 
 from m3_rag import M3Embedder, M3Index
+from m3_rag.encode_cache import cache_for
 from m3_rag.integrations.llama_index import (
-    SCORE_KEYS,
     M3Embedding,
+    M3NodeWithScore,
     M3Reranker,
     M3Retriever,
     M3SparseEmbedding,
+    scores_of,
     to_core_filter,
 )
+from m3_rag.integrations.llama_index.handoff import handoff_for
 
 TEXTS = [
     "Berlin is the capital and largest city of Germany.",
@@ -64,6 +68,14 @@ META = [
 ]
 QUERY = "What is the capital of Germany?"
 HYBRID = "colbert+sparse+dense"
+MODES = ("dense", "sparse", "colbert")
+
+
+@pytest.fixture(autouse=True)
+def fresh_caches(embedder: M3Embedder) -> None:
+    """Every test starts with the shared encode cache and the store handoff of the session's model empty."""
+    cache_for(embedder).clear()
+    handoff_for(embedder).clear()
 
 
 @pytest.fixture(autouse=True)
@@ -116,8 +128,9 @@ def assert_hybrid_order(embedder: M3Embedder, query: str, nodes: list[NodeWithSc
     assert [n.node.get_content() for n in nodes] == [TEXTS[i] for i in best]
     for n, i in zip(nodes, best):
         assert n.score == pytest.approx(scores[HYBRID][i], rel=1e-5, abs=1e-6)
-        for mode, key in SCORE_KEYS.items():
-            assert n.node.metadata[key] == pytest.approx(scores[mode][i], rel=1e-5, abs=1e-6)
+        assert isinstance(n, M3NodeWithScore)
+        for mode in MODES:  # next to the node, not in its metadata
+            assert scores_of(n)[mode] == pytest.approx(scores[mode][i], rel=1e-5, abs=1e-6)
 
 
 # ---------------------------------------------------------------------------- embeddings
@@ -149,11 +162,11 @@ async def test_async_embedding_runs_off_the_event_loop(embedder: M3Embedder, mon
         )
     query = await embed.aget_query_embedding(QUERY)
     batch = await embed.aget_text_embedding_batch(TEXTS[:3])
-    single = await embed.aget_text_embedding(TEXTS[0])
+    single = await embed.aget_text_embedding(TEXTS[3])
     assert len(threads) == 3 and threading.get_ident() not in threads
     assert query == embed.get_query_embedding(QUERY)
     np.testing.assert_allclose(batch, embed.get_text_embedding_batch(TEXTS[:3]), rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(single, batch[0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(single, embedder.encode_documents([TEXTS[3]]).dense[0], rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.slow
@@ -202,7 +215,7 @@ def test_reranker_scores_metadata_and_events(embedder: M3Embedder, events: list[
     assert_hybrid_order(embedder, QUERY, out, 3, weights)
     by_id = {n.node.node_id: n for n in nodes}
     for n in out:
-        assert n.node.metadata["retrieval_score"] == by_id[n.node.node_id].score
+        assert n.node.metadata["retrieval_score"] == by_id[n.node.node_id].score == scores_of(n)["retrieval"]
         assert "score" not in n.node.get_content(metadata_mode=MetadataMode.LLM)  # hidden from the LLM
     assert all(n.node.metadata == {} and n.score == i / 10 for i, n in enumerate(nodes))  # inputs unchanged
     start = [e for e in events if isinstance(e, ReRankStartEvent)]
@@ -216,6 +229,10 @@ def test_reranker_scores_metadata_and_events(embedder: M3Embedder, events: list[
         reranker.postprocess_nodes(nodes)
     everything = M3Reranker(embedder=embedder).postprocess_nodes(nodes, query_bundle=QueryBundle(QUERY))
     assert len(everything) == len(TEXTS) and "retrieval_score" not in everything[0].node.metadata
+    # without keep_retrieval_score the nodes are the ones that came in: same hash, same metadata
+    assert {n.node.node_id: n.node.hash for n in everything} == {n.node.node_id: n.node.hash for n in nodes}
+    assert all(n.node is by_id[n.node.node_id].node for n in everything)
+    assert sorted(scores_of(n)["retrieval"] for n in everything) == sorted(n.score for n in nodes)
 
 
 async def test_reranker_async_matches_sync(embedder: M3Embedder, events: list[BaseEvent]) -> None:
@@ -269,11 +286,11 @@ async def test_retriever_query_engine_with_filters(embedder: M3Embedder, m3_inde
         assert [n.node.node_id for n in nodes] == [f"d{i}" for i in order] == [h.id for h in hits]
         for n, i in zip(nodes, order):
             assert isinstance(n.node, TextNode) and n.node.text == TEXTS[i]
-            assert {k: n.node.metadata[k] for k in META[i]} == META[i]
+            assert n.node.metadata == META[i] and n.node.ref_doc_id == f"d{i}"  # a plain record is its own document
             j = allowed.index(i)
             assert n.score == pytest.approx(scores[HYBRID][j], rel=1e-5, abs=1e-6)
-            for mode, key in SCORE_KEYS.items():
-                assert n.node.metadata[key] == pytest.approx(scores[mode][j], rel=1e-5, abs=1e-6)
+            for mode in MODES:
+                assert scores_of(n)[mode] == pytest.approx(scores[mode][j], rel=1e-5, abs=1e-6)
         assert TEXTS[order[0]] in str(response) and "dense_score" not in str(response)
 
 
@@ -322,6 +339,8 @@ def test_retriever_from_nodes(embedder: M3Embedder) -> None:
     got = retriever.retrieve(QUERY)
     assert len(got) == 3 and all(n.node.metadata["lang"] == "en" for n in got)
     assert [n.node.text for n in got] == [TEXTS[int(n.node.node_id[1:])] for n in got]
+    by_id = {n.node_id: n for n in nodes}
+    assert all(n.node.hash == by_id[n.node.node_id].hash for n in got)  # the nodes come back whole
 
 
 # ---------------------------------------------------------------------------- ingestion and stores
@@ -346,7 +365,9 @@ async def test_ingestion_pipeline_fills_a_vector_store(embedder: M3Embedder) -> 
 
 
 @pytest.mark.filterwarnings("ignore:Payload indexes have no effect in the local Qdrant:UserWarning")
-def test_qdrant_hybrid_with_m3_sparse_functions(embedder: M3Embedder, settings: None) -> None:
+def test_qdrant_hybrid_with_m3_sparse_functions(
+    embedder: M3Embedder, settings: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
     qdrant_client = pytest.importorskip("qdrant_client")
     QdrantVectorStore = pytest.importorskip("llama_index.vector_stores.qdrant").QdrantVectorStore
     sparse = M3SparseEmbedding(embedder=embedder)
@@ -354,10 +375,15 @@ def test_qdrant_hybrid_with_m3_sparse_functions(embedder: M3Embedder, settings: 
         client=qdrant_client.QdrantClient(location=":memory:"), collection_name="m3", enable_hybrid=True,
         sparse_doc_fn=sparse.sparse_doc_fn, sparse_query_fn=sparse.sparse_query_fn,
     )  # fmt: skip
+    passes = Passes(embedder, monkeypatch)
     index = VectorStoreIndex.from_documents(
         docs(), storage_context=StorageContext.from_defaults(vector_store=store),
         embed_model=M3Embedding(embedder=embedder), transformations=[SentenceSplitter(chunk_size=1024)],
     )  # fmt: skip
+    assert dict(passes.texts) == {t: 1 for t in TEXTS}  # dense and sparse of each text from one pass
+    river = "Which river flows into the North Sea?"
+    assert len(index.as_retriever(vector_store_query_mode="hybrid", similarity_top_k=2).retrieve(river)) == 2
+    assert passes.texts[river] == 1  # and of the query
     want = expected(embedder, QUERY, TEXTS)
     lexical = store.query(VectorStoreQuery(query_str=QUERY, mode=VectorStoreQueryMode.SPARSE, sparse_top_k=len(TEXTS)))
     got = {TEXTS.index(n.get_content()): s for n, s in zip(lexical.nodes, lexical.similarities)}
@@ -396,9 +422,9 @@ def test_docstring_examples() -> None:
     from m3_rag.integrations import llama_index
 
     attempted = 0
-    for name in ("", ".embeddings", ".postprocessor", ".retriever"):
+    for name in ("", ".embeddings", ".postprocessor", ".retriever", ".nodes", ".handoff", ".vectorstore", ".query"):
         module = importlib.import_module(llama_index.__name__ + name)
         result = doctest.testmod(module)
         assert result.failed == 0, module.__name__
         attempted += result.attempted
-    assert attempted >= 10
+    assert attempted >= 40

@@ -13,6 +13,15 @@ through :meth:`M3Embedder.shared <m3_rag.M3Embedder.shared>`.
   hybrid score (:func:`m3_rag.rerank_texts`).
 - :class:`M3Retriever` — ``BaseRetriever`` over an :class:`~m3_rag.M3Index` (or any
   :class:`~m3_rag.retrieval.HybridStore`), with LlamaIndex ``MetadataFilters``.
+- :class:`M3VectorStore` — ``BasePydanticVectorStore`` over any hybrid store, for
+  ``VectorStoreIndex`` / ``IngestionPipeline``: nodes round-trip whole, one model pass per node
+  and per query (the embedding model's pass feeds the store).
+- :class:`M3NodeWithScore` — what the retriever and the reranker return: the stored node,
+  unchanged (its ``hash`` too), with the per-mode scores next to it in ``scores``.
+
+The sparse adapter and the dense one share one pass per text (:mod:`m3_rag.encode_cache`), so
+LlamaIndex's Qdrant and Milvus stores in hybrid mode run the model once per text and per query;
+``m3_rag.integrations.llama_index.milvus`` has the sparse function Milvus's store wants.
 
 Example:
     >>> from m3_rag.integrations.llama_index import M3Embedding, M3Reranker
@@ -34,18 +43,22 @@ except ImportError as exc:
         f'({exc}); install it with: pip install "m3-rag[llama-index]"'
     ) from exc
 
-from ._common import SCORE_KEYS
 from .embeddings import M3Embedding, M3SparseEmbedding, to_indices_values
 from .filters import to_core_filter
+from .nodes import M3NodeWithScore, scores_of
 from .postprocessor import M3Reranker
 from .retriever import M3Retriever
+from .vectorstore import M3VectorStore, M3VectorStoreQueryResult
 
 __all__ = [
-    "SCORE_KEYS",
     "M3Embedding",
+    "M3NodeWithScore",
     "M3Reranker",
     "M3Retriever",
     "M3SparseEmbedding",
+    "M3VectorStore",
+    "M3VectorStoreQueryResult",
+    "scores_of",
     "to_core_filter",
     "to_indices_values",
 ]

@@ -13,10 +13,12 @@ from llama_index.core.base.embeddings.base_sparse import BaseSparseEmbedding
 from llama_index.core.bridge.pydantic import ConfigDict, Field, PrivateAttr
 
 from m3_rag import DEFAULT_MODEL, M3Embedder
+from m3_rag.encode_cache import Kind, cache_for
 
 from ._common import resolve_embedder
+from .handoff import handoff_for
 
-__all__ = ["M3Embedding", "M3SparseEmbedding", "to_indices_values"]
+__all__ = ["M3Embedding", "M3SparseEmbedding", "sparse_weights", "to_indices_values"]
 
 _QUERY_MAX = "Tokens per query (<s> and </s> included); None: the embedder's query_max_length (512)."
 _PASSAGE_MAX = "Tokens per text (<s> and </s> included); None: the embedder's passage_max_length (8192 for BGE-M3)."
@@ -40,7 +42,10 @@ class M3Embedding(BaseEmbedding):
     :meth:`M3Embedder.encode_documents`; each batch of ``embed_batch_size`` texts is one call
     (the model sorts it by length and runs it in token-budget batches). Vectors are
     L2-normalised lists of Python floats. The async methods run the model in a worker thread,
-    so they do not block the event loop.
+    so they do not block the event loop. One pass per text: the sparse half of each pass waits in
+    the shared encode cache for :class:`M3SparseEmbedding` (Qdrant's and Milvus's hybrid modes), and
+    while an :class:`M3VectorStore` on the same model is alive, document passes also make the
+    sparse and ColBERT outputs that store takes in ``add`` (:mod:`~.handoff`).
 
     Args:
         model_name: hub id or local folder (default ``"BAAI/bge-m3"``); loaded once per process
@@ -90,15 +95,17 @@ class M3Embedding(BaseEmbedding):
         return self._embedder
 
     def _dense(self, texts: list[str], *, query: bool) -> list[list[float]]:
-        if query:
-            out = self._embedder.encode_queries(texts, max_length=self.query_max_length, sparse=False, colbert=False)
-        else:
-            out = self._embedder.encode_documents(
-                texts, max_length=self.passage_max_length, sparse=False, colbert=False
-            )
-        assert out.dense is not None
-        vectors: list[list[float]] = out.dense.tolist()
-        return vectors
+        # One pass per text: a live M3VectorStore takes this pass's sparse and ColBERT outputs (handoff);
+        # otherwise the shared encode cache keeps the sparse half for M3SparseEmbedding / Qdrant / Milvus.
+        handoff = handoff_for(self._embedder)
+        if not query and handoff.active:
+            dense = handoff.encode(self._embedder, texts, max_length=self.passage_max_length)
+            vectors: list[list[float]] = dense.tolist()
+            return vectors
+        kind: Kind = "query" if query else "document"
+        length = self.query_max_length if query else self.passage_max_length
+        found = cache_for(self._embedder).encode(self._embedder, texts, kind=kind, want="dense", max_length=length)
+        return [e.dense.tolist() for e in found if e.dense is not None]
 
     def _get_query_embedding(self, query: str) -> list[float]:
         return self._dense([query], query=True)[0]
@@ -122,7 +129,8 @@ class M3Embedding(BaseEmbedding):
 class M3SparseEmbedding(BaseSparseEmbedding):
     """BGE-M3's lexical weights as a LlamaIndex sparse embedding: ``{token_id: weight}``.
 
-    The inner product of two of these is BGE-M3's sparse score. For Qdrant's hybrid mode pass
+    The inner product of two of these is BGE-M3's sparse score. Texts that :class:`M3Embedding` on
+    the same model already encoded cost no second pass (the shared encode cache). For Qdrant's hybrid mode pass
     the bound methods :meth:`sparse_doc_fn` and :meth:`sparse_query_fn`, which return the
     batched ``(indices, values)`` form that ``QdrantVectorStore`` expects::
 
@@ -175,12 +183,8 @@ class M3SparseEmbedding(BaseSparseEmbedding):
         return self._embedder
 
     def _sparse(self, texts: list[str], *, query: bool) -> list[dict[int, float]]:
-        if query:
-            out = self._embedder.encode_queries(texts, max_length=self.query_max_length, dense=False, colbert=False)
-        else:
-            out = self._embedder.encode_documents(texts, max_length=self.passage_max_length, dense=False, colbert=False)
-        assert out.sparse is not None
-        return [s.to_dict() for s in out.sparse]
+        length = self.query_max_length if query else self.passage_max_length
+        return sparse_weights(self._embedder, texts, query=query, max_length=length)
 
     def _get_query_embedding(self, query: str) -> dict[int, float]:
         return self._sparse([query], query=True)[0]
@@ -207,3 +211,31 @@ class M3SparseEmbedding(BaseSparseEmbedding):
     def sparse_query_fn(self, texts: list[str]) -> tuple[list[list[int]], list[list[float]]]:
         """Queries -> ``(indices, values)``: pass as ``QdrantVectorStore(sparse_query_fn=...)``."""
         return to_indices_values(self._sparse(list(texts), query=True))
+
+
+def sparse_weights(
+    embedder: M3Embedder, texts: list[str], *, query: bool, max_length: int | None = None
+) -> list[dict[int, float]]:
+    """Sparse weights of texts without a second pass over texts the dense adapter already encoded.
+
+    Looks in the pass M3Embedding handed to a live M3VectorStore (documents), then in the shared encode
+    cache (the sparse half of M3Embedding's pass for the same texts); the rest is encoded once, together
+    (dense and sparse, the dense half kept for a dense adapter asking next).
+
+    >>> from m3_rag import M3Embedder
+    >>> m3 = M3Embedder.from_pretrained("tests/data/tiny-m3")
+    >>> sparse_weights(m3, ["Berlin."], query=False) == [m3.encode_documents(["Berlin."]).sparse[0].to_dict()]
+    True
+    """
+    found: list[dict[int, float] | None] = [None] * len(texts)
+    handoff = handoff_for(embedder)
+    if not query and handoff.active:
+        length = max_length or embedder.passage_max_length
+        found = [None if w is None else w.to_dict() for w in handoff.peek_sparse(texts, max_length=length)]
+    missing = [t for t, w in zip(texts, found) if w is None]
+    if missing:
+        kind: Kind = "query" if query else "document"
+        cached = cache_for(embedder).encode(embedder, missing, kind=kind, want="sparse", max_length=max_length)
+        fresh = iter(e.sparse.to_dict() if e.sparse is not None else {} for e in cached)
+        found = [w if w is not None else next(fresh) for w in found]
+    return [w if w is not None else {} for w in found]

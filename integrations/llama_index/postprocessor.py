@@ -17,7 +17,8 @@ from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle
 from m3_rag import DEFAULT_MODEL, M3Embedder, rerank_texts
 from m3_rag.scoring import normalize_weights
 
-from ._common import resolve_embedder, with_scores
+from ._common import resolve_embedder, with_retrieval_score
+from .nodes import M3NodeWithScore
 
 __all__ = ["M3Reranker"]
 
@@ -30,10 +31,12 @@ class M3Reranker(BaseNodePostprocessor):
     The query and the nodes' texts (``node.get_content(metadata_mode)``, by default what the
     embedding model saw) are each encoded once; the scores equal
     ``M3Embedder.compute_score([(query, text), ...], weights=weights)["colbert+sparse+dense"]``.
-    Returns new nodes, best first: ``NodeWithScore.score`` is the hybrid score, the node's
-    metadata gains ``dense_score``, ``sparse_score``, ``colbert_score`` (and ``retrieval_score``,
-    the score before reranking, when ``keep_retrieval_score``), excluded from what the LLM and
-    the embedding model see. The input nodes are not changed. Emits LlamaIndex's
+    Returns :class:`~m3_rag.integrations.llama_index.M3NodeWithScore` objects, best first: ``score``
+    is the hybrid score and ``scores`` holds ``dense``, ``sparse``, ``colbert`` and ``retrieval``
+    (the score before reranking); the nodes themselves are returned as they came, so their
+    ``hash`` and metadata do not change. Only ``keep_retrieval_score=True`` (LlamaIndex's
+    convention) puts ``retrieval_score`` into a copy's metadata, hidden from the LLM and the
+    embedding model -- that copy has another ``hash``. The input nodes are not changed. Emits LlamaIndex's
     ``ReRankStartEvent`` / ``ReRankEndEvent``; the async path runs in a worker thread.
 
     Args:
@@ -140,11 +143,12 @@ class M3Reranker(BaseNodePostprocessor):
                 rerank_with=self.rerank_with,
                 rerank_top_n=self.rerank_top_n,
             )
-            reranked = []
-            for r in ranked:
+            reranked: list[NodeWithScore] = []
+            for r in ranked:  # the nodes stay as they came (their hash too); the scores go next to them
                 old = nodes[r.index]
-                extra = {"retrieval_score": old.score} if self.keep_retrieval_score else None
-                reranked.append(NodeWithScore(node=with_scores(old.node, r.scores, extra), score=r.score))
+                scores = {**r.scores, **({"retrieval": old.score} if old.score is not None else {})}
+                node = with_retrieval_score(old.node, old.score) if self.keep_retrieval_score else old.node
+                reranked.append(M3NodeWithScore(node=node, score=r.score, scores=scores))
             event.on_end(payload={EventPayload.NODES: reranked})
         dispatcher.event(ReRankEndEvent(nodes=reranked))
         return reranked

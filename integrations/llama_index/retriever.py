@@ -10,15 +10,17 @@ from typing import Any
 import torch
 from llama_index.core.base.base_retriever import BaseRetriever
 from llama_index.core.callbacks import CallbackManager
-from llama_index.core.schema import BaseNode, MetadataMode, NodeWithScore, QueryBundle, TextNode
+from llama_index.core.schema import BaseNode, NodeWithScore, QueryBundle
 from llama_index.core.vector_stores.types import MetadataFilters
 
 from m3_rag import M3Embedder, M3Index
 from m3_rag.filters import parse_filter
 from m3_rag.retrieval import HybridStore, SearchHit, SearchRequest
 
-from ._common import STAGE_SCORE_KEYS, resolve_embedder
+from ._common import resolve_embedder
 from .filters import to_core_filter
+from .nodes import M3NodeWithScore, node_record, record_node
+from .vectorstore import M3VectorStore
 
 __all__ = ["M3Retriever"]
 
@@ -39,28 +41,24 @@ def _core_filter(filters: MetadataFilters | Mapping[str, Any] | None) -> dict[st
 
 
 def _node(hit: SearchHit) -> NodeWithScore:
-    scores = {STAGE_SCORE_KEYS[mode]: float(value) for mode, value in hit.scores.items()}
-    node = TextNode(
-        id_=hit.id,
-        text=hit.text,
-        metadata={**hit.metadata, **scores},
-        excluded_llm_metadata_keys=list(scores),
-        excluded_embed_metadata_keys=list(scores),
-    )
-    return NodeWithScore(node=node, score=hit.score)
+    scores = {mode: float(value) for mode, value in hit.scores.items()}
+    return M3NodeWithScore(node=record_node(hit.id, hit.text, hit.metadata), score=hit.score, scores=scores)
 
 
 class M3Retriever(BaseRetriever):
     """Hybrid retrieval for LlamaIndex: first-stage candidates, then the exact hybrid rerank.
 
     Wraps :meth:`index.search <m3_rag.M3Index.search>` of an :class:`~m3_rag.M3Index` or any
-    :class:`~m3_rag.retrieval.HybridStore` (e.g. the Milvus store). Returns
-    ``NodeWithScore(TextNode(id_=hit.id, text=hit.text, metadata=...), score=hybrid score)``;
-    the metadata holds the document's metadata plus ``dense_score``, ``sparse_score`` and
-    ``colbert_score`` (hidden from the LLM). ``aretrieve`` runs the search in a worker thread.
+    :class:`~m3_rag.retrieval.HybridStore` (e.g. the Milvus store), or the store of an
+    :class:`M3VectorStore`. Returns :class:`~m3_rag.integrations.llama_index.M3NodeWithScore`
+    objects: ``score`` is the hybrid score, ``scores`` the per-mode scores (``dense``, ``sparse``,
+    ``colbert``), and the node is the stored one, unchanged -- the node a ``VectorStoreIndex``
+    inserted (id, text, metadata, relationships and ``ref_doc_id``, so its ``hash`` too), or a
+    ``TextNode`` of a record written without LlamaIndex (see
+    :mod:`~m3_rag.integrations.llama_index.nodes`). ``aretrieve`` runs the search in a worker thread.
 
     Args:
-        index: the store to search.
+        index: the store to search (a ``HybridStore`` or an ``M3VectorStore``).
         similarity_top_k: nodes to return (default 10).
         candidates: first-stage candidates per mode (default 100).
         weights: ``(w_dense, w_sparse, w_colbert)`` of the hybrid score.
@@ -82,7 +80,7 @@ class M3Retriever(BaseRetriever):
 
     def __init__(
         self,
-        index: HybridStore,
+        index: HybridStore | M3VectorStore,
         *,
         similarity_top_k: int = 10,
         candidates: int = 100,
@@ -94,6 +92,8 @@ class M3Retriever(BaseRetriever):
         callback_manager: CallbackManager | None = None,
         verbose: bool = False,
     ) -> None:
+        if isinstance(index, M3VectorStore):
+            index = index.store
         if not isinstance(index, HybridStore):
             raise TypeError(
                 f"index must be an m3_rag.M3Index or another HybridStore (add, delete, search, search_batch, "
@@ -127,16 +127,14 @@ class M3Retriever(BaseRetriever):
     ) -> M3Retriever:
         """Index nodes (or Documents) in a new :class:`~m3_rag.M3Index` and retrieve from it.
 
-        Each node is stored under its ``node_id`` with its text (without metadata) and its
-        metadata (which must be JSON-serialisable). ``kwargs`` go to :class:`M3Retriever`.
+        Nodes are stored as :class:`M3VectorStore` stores them (under their ``node_id``, the text the
+        embedding model would see, the whole node in the metadata, which must be JSON-serialisable), so
+        the retriever returns them unchanged. ``kwargs`` go to :class:`M3Retriever`.
         """
         index = M3Index(resolve_embedder(model_name, embedder, device=device, dtype=dtype))
         if nodes:
-            index.add(
-                [n.get_content(metadata_mode=MetadataMode.NONE) for n in nodes],
-                ids=[n.node_id for n in nodes],
-                metadatas=[n.metadata for n in nodes],
-            )
+            records = [node_record(n) for n in nodes]
+            index.add([t for t, _ in records], ids=[n.node_id for n in nodes], metadatas=[m for _, m in records])
         return cls(index, **kwargs)
 
     @property
