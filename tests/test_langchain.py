@@ -152,7 +152,7 @@ def test_one_model_pass_per_text_through_the_core_cache() -> None:
     assert want.dense is not None and want.sparse is not None
     np.testing.assert_allclose(emb.embed_documents(texts), want.dense, rtol=1e-5, atol=1e-6)
     for got, expected in zip(emb.embed_documents_sparse(texts), want.sparse, strict=True):
-        assert got == pytest.approx(dict(expected), rel=1e-5)
+        assert got == pytest.approx(dict(expected), rel=1e-5, abs=1e-6)
 
 
 # ---------------------------------------------------------------------- retriever
