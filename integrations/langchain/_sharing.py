@@ -37,7 +37,8 @@ from m3_rag.retrieval import HybridStore
 __all__ = ["EmbedderRef", "SharedResources", "StoreRef", "pickle_refs", "restore_refs", "shared_memo"]
 
 _LIVE: weakref.WeakValueDictionary[tuple[str, str, str], M3Embedder] = weakref.WeakValueDictionary()
-_LIVE_LOCK = threading.Lock()
+_LIVE_LOCK = threading.RLock()
+_STORE_REFS: weakref.WeakKeyDictionary[HybridStore, StoreRef] = weakref.WeakKeyDictionary()
 
 
 @dataclass(frozen=True)
@@ -76,7 +77,11 @@ class EmbedderRef:
 
 @dataclass(frozen=True)
 class StoreRef:
-    """A store by reference: an :class:`M3Index` folder opened with :meth:`M3Index.open`."""
+    """A store by reference: an :class:`M3Index` folder opened with :meth:`M3Index.open`.
+
+    One store gives one reference object, so adapters pickled together that share a store share
+    it again after loading (the folder is opened once).
+    """
 
     path: str
     embedder: EmbedderRef
@@ -86,7 +91,11 @@ class StoreRef:
         if isinstance(store, M3Index):
             # an index opened with M3Index.open commits every change, so its folder is the whole truth
             if store.path is not None and getattr(store, "_persistent", False):
-                return cls(str(store.path), EmbedderRef.of(store.embedder))
+                with _LIVE_LOCK:
+                    ref = _STORE_REFS.get(store)
+                    if ref is None or ref.path != str(store.path):
+                        ref = _STORE_REFS[store] = cls(str(store.path), EmbedderRef.of(store.embedder))
+                return ref
             where = "in memory" if store.path is None else f"read from {str(store.path)!r} with load()"
             raise TypeError(
                 f"cannot pickle an adapter over an M3Index {where}: its documents would not reach the new "
@@ -100,7 +109,16 @@ class StoreRef:
         )
 
     def restore(self) -> M3Index:
-        return M3Index.open(self.path, self.embedder.restore(), create=False)
+        with _LIVE_LOCK:
+            opened = self.__dict__.get("_opened")
+        if opened is None:
+            opened = M3Index.open(self.path, self.embedder.restore(), create=False)
+            with _LIVE_LOCK:
+                opened = self.__dict__.setdefault("_opened", opened)
+        return opened  # type: ignore[no-any-return]
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (StoreRef, (self.path, self.embedder))  # the fields only, never an opened index
 
 
 def _ref(value: Any) -> Any:
