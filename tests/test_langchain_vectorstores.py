@@ -1,20 +1,15 @@
-"""Sparse adapters in LangChain vector stores: Qdrant (in memory) and Milvus (a stub of its interface)."""
+"""Sparse adapters in LangChain vector stores: Qdrant in memory (Milvus: tests/test_langchain_milvus.py); the README."""
 
 from __future__ import annotations
 
-import importlib
 import re
-import sys
-import types
 import uuid
-from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 from _langchain_helpers import CORPUS, TINY, count_encodes
-from langchain_core.runnables.config import run_in_executor
 from langchain_qdrant import QdrantVectorStore, RetrievalMode, SparseEmbeddings, SparseVector
 from qdrant_client import QdrantClient, models
 
@@ -105,58 +100,6 @@ async def test_qdrant_sparse_async(fresh: M3Embedder) -> None:
     sparse = M3QdrantSparseEmbeddings(embedder=fresh)
     assert await sparse.aembed_query("capital") == sparse.embed_query("capital")
     assert await sparse.aembed_documents(CORPUS[:2]) == sparse.embed_documents(CORPUS[:2])
-
-
-class _BaseSparseEmbedding(ABC):
-    """The interface of ``langchain_milvus.utils.sparse.BaseSparseEmbedding`` (langchain-milvus 0.4)."""
-
-    @abstractmethod
-    def embed_query(self, query: str) -> dict[int, float]: ...
-
-    @abstractmethod
-    def embed_documents(self, texts: list[str]) -> list[dict[int, float]]: ...
-
-    async def aembed_query(self, query: str) -> dict[int, float]:
-        return await run_in_executor(None, self.embed_query, query)
-
-    async def aembed_documents(self, texts: list[str]) -> list[dict[int, float]]:
-        return await run_in_executor(None, self.embed_documents, texts)
-
-
-@pytest.fixture
-def milvus_module(monkeypatch: pytest.MonkeyPatch) -> types.ModuleType:
-    """``m3_rag.integrations.langchain_milvus`` imported against a stub of langchain-milvus.
-
-    langchain-milvus 0.4 needs pymilvus>=3 (the llama-index Milvus store needs <3), so the dev
-    environment does not install it; the stub has its exact interface.
-    """
-    for name, attrs in (("langchain_milvus", {}), ("langchain_milvus.utils", {}),
-                        ("langchain_milvus.utils.sparse", {"BaseSparseEmbedding": _BaseSparseEmbedding})):  # fmt: skip
-        module = types.ModuleType(name)
-        for key, value in attrs.items():
-            setattr(module, key, value)
-        monkeypatch.setitem(sys.modules, name, module)
-    monkeypatch.delitem(sys.modules, "m3_rag.integrations.langchain_milvus", raising=False)
-    return importlib.import_module("m3_rag.integrations.langchain_milvus")
-
-
-async def test_milvus_sparse_embedding(milvus_module: types.ModuleType, fresh: M3Embedder) -> None:
-    dense = M3Embeddings(embedder=fresh)
-    sparse = milvus_module.M3MilvusSparseEmbedding(dense)
-    assert isinstance(sparse, _BaseSparseEmbedding)
-    expected = fresh.encode_documents(CORPUS, colbert=False).sparse
-    with count_encodes(fresh) as counter:
-        vectors = dense.embed_documents(CORPUS)
-        weights = sparse.embed_documents(CORPUS)
-        assert counter.calls == [CORPUS] and len(vectors) == len(CORPUS)
-    assert expected is not None and all(type(i) is int for w in weights for i in w)
-    for got, want in zip(weights, expected):
-        assert got == pytest.approx(want, rel=1e-5)
-    query = fresh.encode_queries("capital of Germany", colbert=False).sparse
-    assert query is not None and sparse.embed_query("capital of Germany") == pytest.approx(query[0], rel=1e-5)
-    assert await sparse.aembed_query("capital of Germany") == sparse.embed_query("capital of Germany")
-    by_name = milvus_module.M3MilvusSparseEmbedding(model_name=str(TINY), device="cpu")
-    assert by_name.embeddings.model is M3Embedder.shared(str(TINY), device="cpu")
 
 
 def test_readme_langchain_example_runs(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
