@@ -115,5 +115,46 @@ def test_readme_langchain_example_runs(monkeypatch: pytest.MonkeyPatch, capsys: 
     exec(compile(code.replace('"BAAI/bge-m3"', '"tests/data/tiny-m3"'), "README.md", "exec"), scope)
     assert capsys.readouterr().out.strip() == "It reranks candidates with dense, sparse and ColBERT scores."
     assert [len(v) for v in scope["vectors"]] == [32, 32, 32]
-    assert {d.page_content for d in scope["docs"]} <= set(scope["texts"]) and len(scope["docs"]) == 2
-    assert {"relevance_score", "dense_score", "sparse_score", "colbert_score"} <= set(scope["docs"][0].metadata)
+    texts = scope["texts"]
+    # the vector store: hybrid search under the filter, stored metadata unchanged; the indexing API
+    assert sorted((d.page_content, d.metadata) for d in scope["docs"]) == sorted(
+        (texts[i], {"source": f"doc{i}", "year": 2022 + i}) for i in (1, 2)
+    )
+    assert scope["store"].store.embedder is scope["embeddings"].model is scope["retriever"].index.embedder
+    assert sorted(d.page_content for d in scope["synced"].get_by_ids(scope["synced"].store.ids)) == sorted(texts)
+    assert sorted(scope["manager"].list_keys()) == sorted(scope["synced"].store.ids)
+    assert scope["mmr"].search_type == "mmr"
+    # the retriever: stored metadata, scores on the side
+    found, scored = scope["found"], scope["scored"]
+    assert [d for d, _ in scored] == found and {d.page_content for d in found} <= set(texts) and len(found) == 2
+    assert all(d.metadata == {"source": f"doc{texts.index(d.page_content)}"} for d in found)
+    assert all({"relevance_score", "dense_score", "sparse_score", "colbert_score"} == set(s) for _, s in scored)
+    assert len(scope["qdrant"].similarity_search("What is hybrid search?", k=2)) == 2
+
+
+def test_readme_langchain_imports_come_with_the_extras() -> None:
+    """``pip install "m3-rag[langchain]"`` (``[qdrant]`` for the Qdrant example) installs what the section imports."""
+    import importlib.metadata
+
+    tomllib = pytest.importorskip("tomllib")
+    root = Path(__file__).parent.parent
+    project = tomllib.loads((root / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    readme = (root / "README.md").read_text(encoding="utf-8")
+    start = readme.index("## LangChain")
+    code = "\n".join(re.findall(r"```python\n(.*?)```", readme[start : readme.index("\n## ", start + 1)], re.S))
+
+    def names(requirements: list[str]) -> set[str]:
+        return {re.split(r"[<>=!\[; ]", r, maxsplit=1)[0].lower().replace("_", "-") for r in requirements}
+
+    extras = project["optional-dependencies"]
+    langchain = names(project["dependencies"]) | names(extras["langchain"])
+    qdrant = names(extras["qdrant"])
+    assert qdrant == {"qdrant-client", "langchain-qdrant"} and "langchain-classic" in langchain
+    distributions = importlib.metadata.packages_distributions()
+    modules = set(re.findall(r"^\s*(?:from|import) (\w+)", code, re.M)) - {"m3_rag"}
+    assert {"langchain_core", "langchain_classic", "langchain_qdrant"} <= modules
+    for module in modules:
+        provided = {d.lower().replace("_", "-") for d in distributions[module]}
+        needed = langchain | qdrant if module in ("langchain_qdrant", "qdrant_client") else langchain
+        assert provided & needed, f"README's LangChain section imports {module}, which no extra installs"
+    assert 'pip install "m3-rag[qdrant]"' in code  # the Qdrant example says what it needs
