@@ -98,6 +98,24 @@ def test_deepcopy_shares_the_model_and_the_store(tmp_path: Path) -> None:
     assert found["retriever"].k == 3
 
 
+class FakeCrossEncoder:
+    def predict(self, pairs: Any, batch_size: int = 32, show_progress_bar: bool | None = None) -> list[float]:
+        return [float(len(text)) for _, text in pairs]
+
+
+def test_deepcopy_shares_a_cross_encoder_object() -> None:
+    model = FakeCrossEncoder()
+    index = M3Index(shared_tiny())
+    index.add(CORPUS, ids=IDS)
+    retriever = M3HybridRetriever(index=index, k=2, cross_encoder=model)
+    store = M3VectorStore(index, cross_encoder=model)
+    assert copy.deepcopy(retriever).cross_encoder is model and copy.deepcopy(store).cross_encoder is model
+    longest = sorted(CORPUS, key=len)[-1]
+    assert copy.deepcopy(store).similarity_search(QUERY, k=1, candidates=10, cross_encoder_top_n=10)[
+        0
+    ].page_content == (longest)
+
+
 def test_pickle_in_this_process_gives_back_the_same_model(tmp_path: Path) -> None:
     found = adapters(tmp_path / "index")
     want = results(found)
