@@ -112,10 +112,12 @@ class StoreRef:
         with _LIVE_LOCK:
             opened = self.__dict__.get("_opened")
         if opened is None:
-            opened = M3Index.open(self.path, self.embedder.restore(), create=False)
+            mine = M3Index.open(self.path, self.embedder.restore(), create=False)
             with _LIVE_LOCK:
-                opened = self.__dict__.setdefault("_opened", opened)
-        return opened  # type: ignore[no-any-return]
+                opened = self.__dict__.setdefault("_opened", mine)
+            if opened is not mine:  # another thread restored it first
+                mine.close()
+        return opened
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (StoreRef, (self.path, self.embedder))  # the fields only, never an opened index
