@@ -359,6 +359,8 @@ def test_missing_framework_names_the_extra(
     monkeypatch: pytest.MonkeyPatch, module: str, hidden: str, hint: str
 ) -> None:
     _forget("m3_rag.integrations.langchain", monkeypatch)  # and langchain_qdrant, langchain_milvus
+    for name in [n for n in sys.modules if n.startswith(f"{hidden}.")]:  # submodules imported by other tests
+        monkeypatch.setitem(sys.modules, name, None)
     monkeypatch.setitem(sys.modules, hidden, None)
     with pytest.raises(ImportError, match=hint.replace("[", r"\[").replace("]", r"\]")) as info:
         importlib.import_module(module)
