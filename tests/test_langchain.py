@@ -369,7 +369,7 @@ def test_missing_framework_names_the_extra(
 
 def test_docstring_examples_run(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(Path(__file__).parent.parent)  # the examples name tests/data/tiny-m3
-    names = ["", "._common", "._sharing", ".embeddings", ".retriever", ".reranker", ".vectorstore", "_qdrant"]
+    names = ["", "._common", "._mmr", "._sharing", ".embeddings", ".retriever", ".reranker", ".vectorstore", "_qdrant"]
     for name in names:
         module = importlib.import_module(f"m3_rag.integrations.langchain{name}")
         result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)

@@ -53,8 +53,9 @@ class M3HybridRetriever(SharedResources, BaseRetriever):
       survive serialisers that only take scalar metadata). Documents then differ per query:
       leave it off under ``MultiQueryRetriever``.
 
-    Copies (``copy.deepcopy``) share the store and the model; pickling needs a store that can
-    be reopened by reference (see :mod:`m3_rag.integrations.langchain._sharing`).
+    Copies (``copy.deepcopy``) share the store and the model. Pickling writes the model by name
+    and the store by reference: an ``M3Index`` opened with ``M3Index.open(path)`` is reopened in
+    the new process; an in-memory index or a Milvus connection refuses, with a TypeError saying why.
 
     Example:
         >>> retriever = M3HybridRetriever.from_texts(

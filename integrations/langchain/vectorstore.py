@@ -62,6 +62,7 @@ from m3_rag.scoring import normalize_weights
 from m3_rag.sparse import SparseVector
 
 from ._common import hit_scores, score_metadata
+from ._mmr import check_mmr, mmr_order
 from ._sharing import pickle_refs, restore_refs, shared_memo
 from .embeddings import M3Embeddings
 
@@ -78,41 +79,6 @@ def clip_relevance(score: float) -> float:
     (0.42, 0.0, 1.0)
     """
     return min(1.0, max(0.0, float(score)))
-
-
-def mmr_order(relevance: np.ndarray, vectors: np.ndarray, k: int, lambda_mult: float) -> list[int]:
-    """Maximal marginal relevance: pick ``k`` of ``n`` candidates, each maximising
-    ``lambda_mult * relevance - (1 - lambda_mult) * (max similarity to those already picked)``.
-
-    Args:
-        relevance: (n,) each candidate's score for the query (here: the hybrid score).
-        vectors: (n, d) unit vectors whose inner products measure redundancy (dense vectors).
-        k: how many to pick (at most n).
-        lambda_mult: 1 ranks by relevance only, 0 by diversity only.
-
-    Returns:
-        Positions into the candidates, in the order picked (the most relevant first).
-
-    >>> mmr_order(np.array([0.9, 0.89, 0.5]), np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]]), 2, 0.5)
-    [0, 2]
-    """
-    n = len(relevance)
-    if n == 0 or k < 1:
-        return []
-    rel = np.asarray(relevance, dtype=np.float64)
-    vec = np.asarray(vectors, dtype=np.float64)
-    similarity = vec @ vec.T  # (n, n)
-    picked = [int(np.argmax(rel))]
-    redundancy = similarity[picked[0]].copy()
-    chosen = np.zeros(n, dtype=bool)
-    chosen[picked[0]] = True
-    while len(picked) < min(k, n):
-        score = np.where(chosen, -np.inf, lambda_mult * rel - (1.0 - lambda_mult) * redundancy)
-        best = int(np.argmax(score))
-        picked.append(best)
-        chosen[best] = True
-        np.maximum(redundancy, similarity[best], out=redundancy)
-    return picked
 
 
 class M3VectorStore(VectorStore):
@@ -320,7 +286,7 @@ class M3VectorStore(VectorStore):
         vectors. Stores do not hand out stored vectors, so those of the ``fetch_k`` texts come
         from the model's encoding cache (texts not in it are encoded, once, in one pass).
         """
-        _check_mmr(k, fetch_k, lambda_mult)
+        check_mmr(k, fetch_k, lambda_mult)
         hits = self.search_hits(query, max(k, fetch_k), **kwargs)
         vectors = self._dense_vectors([hit.text for hit in hits])
         order = mmr_order(np.array([hit.score for hit in hits]), vectors, k, lambda_mult)
@@ -344,7 +310,7 @@ class M3VectorStore(VectorStore):
         self, embedding: list[float], k: int = 4, fetch_k: int = 20, lambda_mult: float = 0.5, **kwargs: Any
     ) -> list[Document]:
         """Maximal marginal relevance over the ``fetch_k`` best dense matches of ``embedding``."""
-        _check_mmr(k, fetch_k, lambda_mult)
+        check_mmr(k, fetch_k, lambda_mult)
         found = self._by_vector(embedding, max(k, fetch_k), kwargs)
         vectors = self._dense_vectors([doc.page_content for doc, _, _ in found])
         order = mmr_order(np.array([score for _, score, _ in found]), vectors, k, lambda_mult)
@@ -407,14 +373,6 @@ def _no_extra(method: str, kwargs: dict[str, Any], allowed: Sequence[str]) -> No
     unknown = sorted(set(kwargs) - set(allowed))
     if unknown:
         raise TypeError(f"M3VectorStore.{method} got unexpected argument(s) {unknown}; it takes {list(allowed)}")
-
-
-def _check_mmr(k: int, fetch_k: int, lambda_mult: float) -> None:
-    for name, value in (("k", k), ("fetch_k", fetch_k)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-    if isinstance(lambda_mult, bool) or not isinstance(lambda_mult, (int, float)) or not 0 <= lambda_mult <= 1:
-        raise ValueError(f"lambda_mult must be in [0, 1] (1: relevance only, 0: diversity only), got {lambda_mult!r}")
 
 
 def _check_embedding(embedding: Any, store: HybridStore) -> None:
