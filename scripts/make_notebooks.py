@@ -101,9 +101,8 @@ LANGCHAIN = [
         "from m3_rag.integrations.langchain import M3HybridRetriever, M3Reranker\n\n"
         "m3 = M3Embedder.shared(MODEL)\n"
         "retriever = M3HybridRetriever.from_texts(CORPUS, embedder=m3, k=3, weights=(0.4, 0.2, 0.4))\n"
-        'docs = retriever.invoke("What is the capital of Germany?")\n'
-        "for doc in docs:\n"
-        '    print(round(doc.metadata["relevance_score"], 3), doc.page_content[:60])'
+        'for doc, scores in retriever.invoke_with_scores("What is the capital of Germany?"):\n'
+        '    print(round(scores["relevance_score"], 3), doc.page_content[:60])'
     ),
     new_code_cell(
         "from langchain_core.language_models import FakeListChatModel\n"

@@ -125,7 +125,9 @@ def test_framework_adapters_take_the_final_stage(index, cross_encoder) -> None:
     top4 = [h.text for h in index.search(query, k=4)]
     expected = _expected(cross_encoder, query, top4, 2)
 
-    docs = M3HybridRetriever(index=index, k=2, cross_encoder=cross_encoder, cross_encoder_top_n=4).invoke(query)
+    docs = M3HybridRetriever(
+        index=index, k=2, cross_encoder=cross_encoder, cross_encoder_top_n=4, score_metadata=True
+    ).invoke(query)
     assert [d.page_content for d in docs] == expected
     assert docs[0].metadata["relevance_score"] == docs[0].metadata["cross_encoder_score"]
     assert "hybrid_score" in docs[0].metadata

@@ -7,6 +7,7 @@ import doctest
 import importlib
 import sys
 import threading
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from langchain_tests.unit_tests import EmbeddingsUnitTests
 from pydantic import ValidationError
 
 from m3_rag import M3Embedder, M3Index
+from m3_rag.encode_cache import EncodingCache, cache_for
 from m3_rag.integrations.langchain import M3Embeddings, M3HybridRetriever, M3Reranker
 
 MODEL = {"model_name": str(TINY), "device": "cpu"}
@@ -121,9 +123,10 @@ def test_adapters_share_one_model_and_forbid_unknown_fields(embedder: M3Embedder
         M3Embeddings(embedder="tests/data/tiny-m3")
 
 
-def test_cache_runs_the_model_once_per_text_and_is_bounded() -> None:
+def test_one_model_pass_per_text_through_the_core_cache() -> None:
     model = M3Embedder.from_pretrained(TINY, device="cpu")  # its own cache
     emb = M3Embeddings(embedder=model)
+    assert emb.cache is cache_for(model) and isinstance(emb.cache, EncodingCache)
     with count_encodes(model) as counter:
         dense = emb.embed_documents(["alpha", "beta", "alpha"])
         sparse = emb.embed_documents_sparse(["beta", "alpha"])
@@ -131,52 +134,62 @@ def test_cache_runs_the_model_once_per_text_and_is_bounded() -> None:
         alpha = dict(sparse[1])
         assert alpha  # "alpha" has lexical weights in the tiny model
         sparse[1].clear()  # the caller's copy: the cache keeps its own
-        assert emb.embed_documents_sparse(["alpha"])[0] == alpha
+        assert emb.embed_documents_sparse(["alpha"])[0] == alpha  # a repeated text: from the recent encodings
         emb.embed_query("alpha")  # a query is another kind: encoded again, with the query length
         assert counter.calls[1] == ["alpha"] and len(counter.calls) == 2
         assert dense[0] == dense[2] and dense[0] != emb.embed_query("beta")
-        emb.cache.maxsize = 2
-        emb.embed_documents(["gamma"])  # evicts the least recently used entries
-        assert len(emb.cache) == 2
-        emb.embed_documents(["alpha"])
-        assert counter.calls[-1] == ["alpha"]
+        # sparse first, dense later, in other batch sizes: still one pass per text
+        texts = [f"text number {i}" for i in range(40)]
+        before = len(counter.calls)
+        emb.embed_documents_sparse(texts[:25])
+        for start in range(0, 40, 7):
+            emb.embed_documents(texts[start : start + 7])
+        emb.embed_documents_sparse(texts[25:])
+        assert counter.texts - Counter(["alpha", "beta", "alpha", "beta"]) == Counter(texts)
+        assert len(counter.calls) == before + 1 + 3  # texts[25:] came in 3 of the dense batches
+    assert emb.cache.stats()["texts_encoded"] == 2 + 2 + 40
+    want = model.encode_documents(texts, colbert=False)
+    assert want.dense is not None and want.sparse is not None
+    np.testing.assert_allclose(emb.embed_documents(texts), want.dense, rtol=1e-5, atol=1e-6)
+    for got, expected in zip(emb.embed_documents_sparse(texts), want.sparse, strict=True):
+        assert got == pytest.approx(dict(expected), rel=1e-5, abs=1e-6)
 
 
 # ---------------------------------------------------------------------- retriever
-def assert_same_docs(got: list[Document], want: list[Document]) -> None:
-    """Same documents in the same order, scores equal to float32 precision (batching pads differently)."""
-    assert [(d.id, d.page_content) for d in got] == [(d.id, d.page_content) for d in want]
-    for a, b in zip(got, want):
-        assert {k: v for k, v in a.metadata.items() if k not in SCORE_KEYS} == {
-            k: v for k, v in b.metadata.items() if k not in SCORE_KEYS
-        }
-        assert [a.metadata[k] for k in SCORE_KEYS] == pytest.approx(
-            [b.metadata[k] for k in SCORE_KEYS], rel=1e-5, abs=1e-7
-        )
+def check_scores_equal_hits(scores: list[dict[str, float]], hits: list[Any]) -> None:
+    """Scores as ``invoke_with_scores`` (or ``score_metadata=True``) gives them equal the core's hits."""
+    for got, hit in zip(scores, hits, strict=True):
+        assert got["relevance_score"] == pytest.approx(hit.score, rel=1e-5, abs=1e-7)
+        for mode in ("dense", "sparse", "colbert"):
+            assert got[f"{mode}_score"] == pytest.approx(hit.scores[mode], rel=1e-5, abs=1e-7)
 
 
 def check_docs_equal_hits(docs: list[Document], hits: list[Any]) -> None:
-    assert [d.id for d in docs] == [h.id for h in hits]
-    assert [d.page_content for d in docs] == [h.text for h in hits]
-    for doc, hit in zip(docs, hits):
-        assert {k: v for k, v in doc.metadata.items() if k not in SCORE_KEYS} == hit.metadata
-        assert doc.metadata["relevance_score"] == pytest.approx(hit.score, rel=1e-6)
-        for mode in ("dense", "sparse", "colbert"):
-            assert doc.metadata[f"{mode}_score"] == pytest.approx(hit.scores[mode], rel=1e-6, abs=1e-7)
+    """The Documents are the hits: id, text and the stored metadata as it is (no score keys)."""
+    assert [Document(id=h.id, page_content=h.text, metadata=h.metadata) for h in hits] == docs
+    assert not any(key in doc.metadata for doc in docs for key in SCORE_KEYS)
 
 
 def test_retriever_returns_the_hybrid_ranking(embedder: M3Embedder) -> None:
     index = tiny_index()
-    retriever = M3HybridRetriever(index=index, k=len(CORPUS), candidates=len(CORPUS), weights=(0.4, 0.2, 0.4))
+    args = {"index": index, "k": len(CORPUS), "candidates": len(CORPUS), "weights": (0.4, 0.2, 0.4)}
+    retriever = M3HybridRetriever(**args)
+    with_metadata = M3HybridRetriever(**args, score_metadata=True)
     for query in QUERIES:
         docs = retriever.invoke(query)
         scores = embedder.compute_score([(query, t) for t in CORPUS], weights=(0.4, 0.2, 0.4))
         expected = sorted(range(len(CORPUS)), key=lambda i: -scores["colbert+sparse+dense"][i])
-        assert [d.id for d in docs] == [IDS[i] for i in expected]
-        got = {d.id: d.metadata for d in docs}
-        for key, mode in (("relevance_score", "colbert+sparse+dense"), ("dense_score", "dense"),
-                          ("sparse_score", "sparse"), ("colbert_score", "colbert")):  # fmt: skip
-            np.testing.assert_allclose([got[i][key] for i in IDS], scores[mode], rtol=1e-5, atol=1e-7)
+        assert docs == [Document(CORPUS[i], id=IDS[i], metadata=METADATAS[i]) for i in expected]
+        pairs = retriever.invoke_with_scores(query)
+        assert [d for d, _ in pairs] == docs
+        flagged = with_metadata.invoke(query)
+        assert [d.id for d in flagged] == [d.id for d in docs]
+        for got in ({d.id: s for d, s in pairs}, {d.id: d.metadata for d in flagged}):
+            for key, mode in (("relevance_score", "colbert+sparse+dense"), ("dense_score", "dense"),
+                              ("sparse_score", "sparse"), ("colbert_score", "colbert")):  # fmt: skip
+                np.testing.assert_allclose([got[i][key] for i in IDS], scores[mode], rtol=1e-5, atol=1e-7)
+        assert all({k: v for k, v in d.metadata.items() if k not in SCORE_KEYS} == METADATAS[int(d.id[1:])]
+                   for d in flagged)  # fmt: skip
     assert "relevance_score" not in index.get("d0")[0].metadata  # the store's metadata is untouched
 
 
@@ -184,10 +197,15 @@ def test_retriever_per_call_arguments() -> None:
     index = tiny_index()
     retriever = M3HybridRetriever(index=index, k=4)
     docs = retriever.invoke("capital of Germany", k=2, filter={"lang": "de"})
-    check_docs_equal_hits(docs, index.search("capital of Germany", k=2, filter={"lang": "de"}))
+    hits = index.search("capital of Germany", k=2, filter={"lang": "de"})
+    check_docs_equal_hits(docs, hits)
+    check_scores_equal_hits([s for _, s in retriever.invoke_with_scores("capital of Germany", k=2,
+                                                                        filter={"lang": "de"})], hits)  # fmt: skip
     assert sorted(d.id for d in docs) == ["d0", "d2"]
-    sparse_only = retriever.invoke("capital", first_stage="sparse", k=10)
-    assert sparse_only and all(d.metadata["sparse_score"] > 0 for d in sparse_only)
+    ranged = retriever.invoke("capital", k=10, filter={"$or": [{"n": {"$gte": 8}}, {"lang": "de"}]})
+    assert sorted(d.id for d in ranged) == ["d0", "d2", "d8", "d9"]
+    sparse_only = retriever.invoke_with_scores("capital", first_stage="sparse", k=10)
+    assert sparse_only and all(s["sparse_score"] > 0 for _, s in sparse_only)
     assert len(retriever.invoke("capital")) == 4  # per-call values do not stick
     filtered = M3HybridRetriever(index=index, filter={"n": [1, 3, 5]}, k=10).invoke("capital")
     assert sorted(d.id for d in filtered) == ["d1", "d3", "d5"]
@@ -224,13 +242,12 @@ async def test_batch_encodes_all_queries_in_one_pass() -> None:
         abatched = await retriever.abatch(QUERIES, k=2)
         assert len(counter.calls) == 2
     for got, agot, want in zip(batched, abatched, expected):
-        assert_same_docs(got, want)
-        assert_same_docs(agot, want)
+        assert got == want and agot == want
     assert [e for e in recorder.events if e[0] == "start"] == [("start", q) for q in QUERIES]
     assert [e for e in recorder.events if e[0] == "end"] == [("end", [d.id for d in docs]) for docs in expected]
     assert await retriever.ainvoke(QUERIES[0], k=2) == expected[0]
     mixed = retriever.batch([QUERIES[0], 7], return_exceptions=True)
-    assert_same_docs(mixed[0], retriever.invoke(QUERIES[0]))
+    assert mixed[0] == retriever.invoke(QUERIES[0])
     assert isinstance(mixed[1], TypeError)
     with pytest.raises(TypeError, match="must be a str"):
         retriever.batch([QUERIES[0], 7])
@@ -248,6 +265,8 @@ def test_from_documents_and_from_texts(embedder: M3Embedder) -> None:
     shared = M3HybridRetriever.from_texts(CORPUS, METADATAS, ids=IDS, **MODEL, k=3, colbert_dtype="float32")
     assert shared.index.embedder is shared_tiny()
     check_docs_equal_hits(shared.invoke("hybrid search"), tiny_index().search("hybrid search", k=3))
+    with pytest.raises(TypeError, match="must be a str"):
+        shared.invoke_with_scores(["not", "a", "str"])  # type: ignore[arg-type]
 
 
 # ---------------------------------------------------------------------- reranker
@@ -341,6 +360,8 @@ def test_missing_framework_names_the_extra(
     monkeypatch: pytest.MonkeyPatch, module: str, hidden: str, hint: str
 ) -> None:
     _forget("m3_rag.integrations.langchain", monkeypatch)  # and langchain_qdrant, langchain_milvus
+    for name in [n for n in sys.modules if n.startswith(f"{hidden}.")]:  # submodules imported by other tests
+        monkeypatch.setitem(sys.modules, name, None)
     monkeypatch.setitem(sys.modules, hidden, None)
     with pytest.raises(ImportError, match=hint.replace("[", r"\[").replace("]", r"\]")) as info:
         importlib.import_module(module)
@@ -349,7 +370,7 @@ def test_missing_framework_names_the_extra(
 
 def test_docstring_examples_run(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(Path(__file__).parent.parent)  # the examples name tests/data/tiny-m3
-    names = ["", "._common", ".embeddings", ".retriever", ".reranker", "_qdrant"]
+    names = ["", "._common", "._mmr", "._sharing", ".embeddings", ".retriever", ".reranker", ".vectorstore", "_qdrant"]
     for name in names:
         module = importlib.import_module(f"m3_rag.integrations.langchain{name}")
         result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)

@@ -1,20 +1,15 @@
-"""Sparse adapters in LangChain vector stores: Qdrant (in memory) and Milvus (a stub of its interface)."""
+"""Sparse adapters in LangChain vector stores: Qdrant in memory (Milvus: tests/test_langchain_milvus.py); the README."""
 
 from __future__ import annotations
 
-import importlib
 import re
-import sys
-import types
 import uuid
-from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 from _langchain_helpers import CORPUS, TINY, count_encodes
-from langchain_core.runnables.config import run_in_executor
 from langchain_qdrant import QdrantVectorStore, RetrievalMode, SparseEmbeddings, SparseVector
 from qdrant_client import QdrantClient, models
 
@@ -107,58 +102,6 @@ async def test_qdrant_sparse_async(fresh: M3Embedder) -> None:
     assert await sparse.aembed_documents(CORPUS[:2]) == sparse.embed_documents(CORPUS[:2])
 
 
-class _BaseSparseEmbedding(ABC):
-    """The interface of ``langchain_milvus.utils.sparse.BaseSparseEmbedding`` (langchain-milvus 0.4)."""
-
-    @abstractmethod
-    def embed_query(self, query: str) -> dict[int, float]: ...
-
-    @abstractmethod
-    def embed_documents(self, texts: list[str]) -> list[dict[int, float]]: ...
-
-    async def aembed_query(self, query: str) -> dict[int, float]:
-        return await run_in_executor(None, self.embed_query, query)
-
-    async def aembed_documents(self, texts: list[str]) -> list[dict[int, float]]:
-        return await run_in_executor(None, self.embed_documents, texts)
-
-
-@pytest.fixture
-def milvus_module(monkeypatch: pytest.MonkeyPatch) -> types.ModuleType:
-    """``m3_rag.integrations.langchain_milvus`` imported against a stub of langchain-milvus.
-
-    langchain-milvus 0.4 needs pymilvus>=3 (the llama-index Milvus store needs <3), so the dev
-    environment does not install it; the stub has its exact interface.
-    """
-    for name, attrs in (("langchain_milvus", {}), ("langchain_milvus.utils", {}),
-                        ("langchain_milvus.utils.sparse", {"BaseSparseEmbedding": _BaseSparseEmbedding})):  # fmt: skip
-        module = types.ModuleType(name)
-        for key, value in attrs.items():
-            setattr(module, key, value)
-        monkeypatch.setitem(sys.modules, name, module)
-    monkeypatch.delitem(sys.modules, "m3_rag.integrations.langchain_milvus", raising=False)
-    return importlib.import_module("m3_rag.integrations.langchain_milvus")
-
-
-async def test_milvus_sparse_embedding(milvus_module: types.ModuleType, fresh: M3Embedder) -> None:
-    dense = M3Embeddings(embedder=fresh)
-    sparse = milvus_module.M3MilvusSparseEmbedding(dense)
-    assert isinstance(sparse, _BaseSparseEmbedding)
-    expected = fresh.encode_documents(CORPUS, colbert=False).sparse
-    with count_encodes(fresh) as counter:
-        vectors = dense.embed_documents(CORPUS)
-        weights = sparse.embed_documents(CORPUS)
-        assert counter.calls == [CORPUS] and len(vectors) == len(CORPUS)
-    assert expected is not None and all(type(i) is int for w in weights for i in w)
-    for got, want in zip(weights, expected):
-        assert got == pytest.approx(want, rel=1e-5)
-    query = fresh.encode_queries("capital of Germany", colbert=False).sparse
-    assert query is not None and sparse.embed_query("capital of Germany") == pytest.approx(query[0], rel=1e-5)
-    assert await sparse.aembed_query("capital of Germany") == sparse.embed_query("capital of Germany")
-    by_name = milvus_module.M3MilvusSparseEmbedding(model_name=str(TINY), device="cpu")
-    assert by_name.embeddings.model is M3Embedder.shared(str(TINY), device="cpu")
-
-
 def test_readme_langchain_example_runs(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     """The README's LangChain section runs as written, with the tiny checkpoint for BAAI/bge-m3."""
     root = Path(__file__).parent.parent
@@ -172,5 +115,46 @@ def test_readme_langchain_example_runs(monkeypatch: pytest.MonkeyPatch, capsys: 
     exec(compile(code.replace('"BAAI/bge-m3"', '"tests/data/tiny-m3"'), "README.md", "exec"), scope)
     assert capsys.readouterr().out.strip() == "It reranks candidates with dense, sparse and ColBERT scores."
     assert [len(v) for v in scope["vectors"]] == [32, 32, 32]
-    assert {d.page_content for d in scope["docs"]} <= set(scope["texts"]) and len(scope["docs"]) == 2
-    assert {"relevance_score", "dense_score", "sparse_score", "colbert_score"} <= set(scope["docs"][0].metadata)
+    texts = scope["texts"]
+    # the vector store: hybrid search under the filter, stored metadata unchanged; the indexing API
+    assert sorted((d.page_content, d.metadata) for d in scope["docs"]) == sorted(
+        (texts[i], {"source": f"doc{i}", "year": 2022 + i}) for i in (1, 2)
+    )
+    assert scope["store"].store.embedder is scope["embeddings"].model is scope["retriever"].index.embedder
+    assert sorted(d.page_content for d in scope["synced"].get_by_ids(scope["synced"].store.ids)) == sorted(texts)
+    assert sorted(scope["manager"].list_keys()) == sorted(scope["synced"].store.ids)
+    assert scope["mmr"].search_type == "mmr"
+    # the retriever: stored metadata, scores on the side
+    found, scored = scope["found"], scope["scored"]
+    assert [d for d, _ in scored] == found and {d.page_content for d in found} <= set(texts) and len(found) == 2
+    assert all(d.metadata == {"source": f"doc{texts.index(d.page_content)}"} for d in found)
+    assert all({"relevance_score", "dense_score", "sparse_score", "colbert_score"} == set(s) for _, s in scored)
+    assert len(scope["qdrant"].similarity_search("What is hybrid search?", k=2)) == 2
+
+
+def test_readme_langchain_imports_come_with_the_extras() -> None:
+    """``pip install "m3-rag[langchain]"`` (``[qdrant]`` for the Qdrant example) installs what the section imports."""
+    import importlib.metadata
+
+    tomllib = pytest.importorskip("tomllib")
+    root = Path(__file__).parent.parent
+    project = tomllib.loads((root / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    readme = (root / "README.md").read_text(encoding="utf-8")
+    start = readme.index("## LangChain")
+    code = "\n".join(re.findall(r"```python\n(.*?)```", readme[start : readme.index("\n## ", start + 1)], re.S))
+
+    def names(requirements: list[str]) -> set[str]:
+        return {re.split(r"[<>=!\[; ]", r, maxsplit=1)[0].lower().replace("_", "-") for r in requirements}
+
+    extras = project["optional-dependencies"]
+    langchain = names(project["dependencies"]) | names(extras["langchain"])
+    qdrant = names(extras["qdrant"])
+    assert qdrant == {"qdrant-client", "langchain-qdrant"} and "langchain-classic" in langchain
+    distributions = importlib.metadata.packages_distributions()
+    modules = set(re.findall(r"^\s*(?:from|import) (\w+)", code, re.M)) - {"m3_rag"}
+    assert {"langchain_core", "langchain_classic", "langchain_qdrant"} <= modules
+    for module in modules:
+        provided = {d.lower().replace("_", "-") for d in distributions[module]}
+        needed = langchain | qdrant if module in ("langchain_qdrant", "qdrant_client") else langchain
+        assert provided & needed, f"README's LangChain section imports {module}, which no extra installs"
+    assert 'pip install "m3-rag[qdrant]"' in code  # the Qdrant example says what it needs

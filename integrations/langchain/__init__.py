@@ -1,4 +1,4 @@
-"""LangChain adapters for BGE-M3: embeddings, hybrid retriever and hybrid reranker.
+"""LangChain adapters for BGE-M3: embeddings, hybrid vector store, hybrid retriever and hybrid reranker.
 
 Needs ``langchain-core`` (``pip install "m3-rag[langchain]"``); the sparse adapters for vector
 stores live in :mod:`m3_rag.integrations.langchain_qdrant` and
@@ -28,9 +28,12 @@ except ImportError as exc:  # pragma: no cover - exercised by a test that hides 
         'install it with: pip install "m3-rag[langchain]"'
     ) from exc
 
-from ._common import SCORE_KEYS, EncodingCache
+from m3_rag.encode_cache import EncodingCache
+
+from ._common import SCORE_KEYS
 from .embeddings import M3Embeddings
 from .reranker import M3Reranker
 from .retriever import M3HybridRetriever
+from .vectorstore import M3VectorStore
 
-__all__ = ["SCORE_KEYS", "EncodingCache", "M3Embeddings", "M3HybridRetriever", "M3Reranker"]
+__all__ = ["SCORE_KEYS", "EncodingCache", "M3Embeddings", "M3HybridRetriever", "M3Reranker", "M3VectorStore"]

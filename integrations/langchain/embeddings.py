@@ -8,21 +8,24 @@ from langchain_core.embeddings import Embeddings
 from langchain_core.runnables.config import run_in_executor
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from m3_rag.encode_cache import EncodingCache, Kind, Want, cache_for
 from m3_rag.encoder import DEFAULT_MODEL, M3Embedder
 
-from ._common import EncodingCache, Kind, cache_for, encode_cached, resolve_embedder
+from ._common import resolve_embedder
+from ._sharing import SharedResources
 
 __all__ = ["M3Embeddings"]
 
 
-class M3Embeddings(BaseModel, Embeddings):
+class M3Embeddings(SharedResources, BaseModel, Embeddings):
     """BGE-M3 dense embeddings for LangChain (plain Python floats, unit length).
 
     Queries are encoded with :meth:`M3Embedder.encode_queries` (``query_max_length``, 512 by
     default) and documents with :meth:`M3Embedder.encode_documents` (``max_length``, the model's
-    8192 by default). Every encode also computes the sparse weights, and both are kept in a
-    per-model LRU cache, so a dense and a sparse adapter of the same model (``QdrantVectorStore``
-    in hybrid mode) run the model once per text. Adapters built from the same ``model_name``
+    8192 by default). Every encode also computes the sparse weights, and the half not asked for
+    is kept in the model's encoding cache (:func:`m3_rag.encode_cache.cache_for`), so a dense and
+    a sparse adapter of the same model (``QdrantVectorStore`` in hybrid mode, langchain-milvus)
+    run the model once per text, whatever the batch sizes. Adapters built from the same ``model_name``
     share one loaded model (:meth:`M3Embedder.shared`); pass ``embedder`` to share a model you
     already loaded (then ``model_name``, ``device`` and ``dtype`` are not used).
 
@@ -80,22 +83,24 @@ class M3Embeddings(BaseModel, Embeddings):
 
     @property
     def cache(self) -> EncodingCache:
-        """The per-model cache of encodings (``.clear()`` it, or set ``.maxsize``; 0 turns it off)."""
+        """The model's encoding cache, shared by every adapter of the model (``.stats()``, ``.clear()``)."""
         return cache_for(self.model)
 
-    def _encode(self, texts: list[str], kind: Kind) -> list[Any]:
+    def _encode(self, texts: list[str], kind: Kind, want: Want) -> list[Any]:
         max_length = self.query_max_length if kind == "query" else self.max_length
-        return encode_cached(self.model, texts, kind=kind, max_length=max_length, batch_size=self.batch_size)
+        return self.cache.encode(
+            self.model, texts, kind=kind, want=want, max_length=max_length, batch_size=self.batch_size
+        )
 
     # ------------------------------------------------------------------ dense (Embeddings)
     def embed_documents(self, texts: list[str]) -> list[list[float]]:
         """Dense vectors of documents, as lists of Python floats."""
-        return [entry.dense.tolist() for entry in self._encode(texts, "document")]
+        return [entry.dense.tolist() for entry in self._encode(texts, "document", "dense")]
 
     def embed_query(self, text: str) -> list[float]:
         """Dense vector of a query, as a list of Python floats."""
         _check_query(text)
-        vector: list[float] = self._encode([text], "query")[0].dense.tolist()
+        vector: list[float] = self._encode([text], "query", "dense")[0].dense.tolist()
         return vector
 
     async def aembed_documents(self, texts: list[str]) -> list[list[float]]:
@@ -115,12 +120,12 @@ class M3Embeddings(BaseModel, Embeddings):
         >>> all(isinstance(i, int) and w > 0 for i, w in weights.items())
         True
         """
-        return [dict(entry.sparse) for entry in self._encode(texts, "document")]
+        return [entry.sparse.to_dict() for entry in self._encode(texts, "document", "sparse")]
 
     def embed_query_sparse(self, text: str) -> dict[int, float]:
         """Sparse weights ``{token_id: weight}`` of a query."""
         _check_query(text)
-        return dict(self._encode([text], "query")[0].sparse)
+        return self._encode([text], "query", "sparse")[0].sparse.to_dict()
 
 
 def _check_query(text: Any) -> None:

@@ -15,11 +15,12 @@ from m3_rag.rerank import rerank_texts
 from m3_rag.scoring import normalize_weights
 
 from ._common import resolve_embedder, score_metadata
+from ._sharing import SharedResources
 
 __all__ = ["M3Reranker"]
 
 
-class M3Reranker(BaseDocumentCompressor):
+class M3Reranker(SharedResources, BaseDocumentCompressor):
     """A document compressor that orders Documents by ``(w_d*dense + w_s*sparse + w_c*colbert) / sum(w)``.
 
     The scores equal :meth:`M3Embedder.compute_score` for the same (query, text) pairs (query

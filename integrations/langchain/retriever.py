@@ -26,14 +26,15 @@ from m3_rag.index import M3Index
 from m3_rag.retrieval import HybridStore, SearchHit, check_first_stage
 from m3_rag.scoring import normalize_weights
 
-from ._common import resolve_embedder, score_metadata
+from ._common import hit_scores, resolve_embedder, score_metadata
+from ._sharing import SharedResources
 
 __all__ = ["M3HybridRetriever"]
 
 _PER_CALL = ("k", "filter", "weights", "candidates", "first_stage", "cross_encoder", "cross_encoder_top_n")
 
 
-class M3HybridRetriever(BaseRetriever):
+class M3HybridRetriever(SharedResources, BaseRetriever):
     """Hybrid retrieval (dense/sparse candidates, exact dense + sparse + ColBERT rerank) for LangChain.
 
     Works over any :class:`m3_rag.retrieval.HybridStore` (the embedded :class:`~m3_rag.M3Index`,
@@ -41,18 +42,30 @@ class M3HybridRetriever(BaseRetriever):
     be given per call: ``retriever.invoke(query, k=3, filter={"lang": "en"})``. ``batch`` /
     ``abatch`` encode all their queries in one pass (``index.search_batch``).
 
-    Each returned Document has ``id`` (the store's id), the stored metadata plus
-    ``metadata["relevance_score"]`` (the hybrid score) and the per-mode scores as flat keys
-    ``metadata["dense_score"]``, ``["sparse_score"]`` and ``["colbert_score"]`` (flat, so they
-    survive vector stores and serialisers that only take scalar metadata).
+    Each returned Document has ``id`` (the store's id) and the stored metadata, unchanged, so
+    the same stored document always compares equal (``MultiQueryRetriever`` and other LangChain
+    code deduplicate by Document equality). The scores are available two ways:
+
+    - :meth:`invoke_with_scores` returns ``(Document, scores)`` pairs, ``scores`` being
+      ``{"relevance_score": hybrid, "dense_score": ..., "sparse_score": ..., "colbert_score": ...}``
+      (plus ``"hybrid_score"`` and ``"cross_encoder_score"`` after a cross-encoder stage);
+    - ``score_metadata=True`` puts those keys into each Document's metadata (flat, so they
+      survive serialisers that only take scalar metadata). Documents then differ per query:
+      leave it off under ``MultiQueryRetriever``.
+
+    Copies (``copy.deepcopy``) share the store and the model. Pickling writes the model by name
+    and the store by reference: an ``M3Index`` opened with ``M3Index.open(path)`` is reopened in
+    the new process; an in-memory index or a Milvus connection refuses, with a TypeError saying why.
 
     Example:
         >>> retriever = M3HybridRetriever.from_texts(
         ...     ["Berlin is the capital of Germany.", "Paris is in France."],
         ...     ids=["de", "fr"], model_name="tests/data/tiny-m3", device="cpu", k=1)
         >>> doc = retriever.invoke("capital of Germany")[0]
-        >>> sorted(k for k in doc.metadata if k.endswith("score"))
-        ['colbert_score', 'dense_score', 'relevance_score', 'sparse_score']
+        >>> doc.id, doc.metadata
+        ('de', {})
+        >>> [(d.id, sorted(scores)) for d, scores in retriever.invoke_with_scores("capital of Germany")]
+        [('de', ['colbert_score', 'dense_score', 'relevance_score', 'sparse_score'])]
         >>> [len(docs) for docs in retriever.batch(["Germany", "France"], k=2)]
         [2, 2]
     """
@@ -70,13 +83,15 @@ class M3HybridRetriever(BaseRetriever):
     first_stage: str | tuple[str, ...] = ("dense", "sparse")
     """``"dense"``, ``"sparse"`` or both (the union of their candidates)."""
     filter: dict[str, Any] | None = None
-    """Metadata equalities, e.g. ``{"lang": "en", "year": [2023, 2024]}`` (a list means any of)."""
+    """A metadata filter (:mod:`m3_rag.filters`), e.g. ``{"lang": "en", "year": {"$gte": 2020}}``."""
     cross_encoder: Any = Field(default=None, exclude=True, repr=False)
     """Optional final stage: a cross-encoder (``sentence_transformers.CrossEncoder`` or a model name such as
     ``"BAAI/bge-reranker-v2-m3"``, extra ``m3-rag[rerank]``) that reorders the best ``cross_encoder_top_n`` hybrid
     results; the score becomes the cross-encoder's and ``hybrid_score`` keeps the hybrid one."""
     cross_encoder_top_n: int | None = Field(default=None, ge=1)
     """How many hybrid results the cross-encoder sees (default: as many as are returned)."""
+    score_metadata: bool = False
+    """Put the scores into each Document's metadata (see the class docs; off: metadata as stored)."""
 
     @field_validator("index", mode="before")
     @classmethod
@@ -140,6 +155,25 @@ class M3HybridRetriever(BaseRetriever):
 
     # ------------------------------------------------------------------ searching
     def _search(self, queries: list[str], kwargs: dict[str, Any]) -> list[list[Document]]:
+        return [[self._to_document(hit) for hit in found] for found in self._hits(queries, kwargs)]
+
+    def _to_document(self, hit: SearchHit) -> Document:
+        metadata = score_metadata(hit.metadata, hit.score, hit.scores) if self.score_metadata else hit.metadata
+        return Document(id=hit.id, page_content=hit.text, metadata=metadata)
+
+    def invoke_with_scores(self, query: str, **kwargs: Any) -> list[tuple[Document, dict[str, float]]]:
+        """The Documents :meth:`invoke` returns, each with its scores.
+
+        ``kwargs`` are the per-call arguments of ``invoke`` (``k``, ``filter``, ``weights``...);
+        the scores are ``{"relevance_score": hybrid, "dense_score": ..., "sparse_score": ...,
+        "colbert_score": ...}`` (after a cross-encoder stage ``relevance_score`` is its score and
+        ``hybrid_score`` / ``cross_encoder_score`` are added). No callbacks run.
+        """
+        if not isinstance(query, str):
+            raise TypeError(f"the query must be a str, got {type(query).__name__}: {query!r:.80}")
+        return [(self._to_document(hit), hit_scores(hit)) for hit in self._hits([query], kwargs)[0]]
+
+    def _hits(self, queries: list[str], kwargs: dict[str, Any]) -> list[list[SearchHit]]:
         kwargs = dict(kwargs)
         kwargs.pop("verbose", None)  # BaseRetriever.invoke passes it on
         unknown = sorted(set(kwargs) - set(_PER_CALL))
@@ -149,8 +183,7 @@ class M3HybridRetriever(BaseRetriever):
             )
         args = {name: getattr(self, name) for name in _PER_CALL}
         args.update({name: value for name, value in kwargs.items() if value is not None})
-        hits = self.index.search_batch(queries, **args)
-        return [[_to_document(hit) for hit in found] for found in hits]
+        return self.index.search_batch(queries, **args)
 
     def _get_relevant_documents(
         self,
@@ -274,7 +307,3 @@ class M3HybridRetriever(BaseRetriever):
             for i, docs in zip(good, found):
                 results[i] = docs
         return results
-
-
-def _to_document(hit: SearchHit) -> Document:
-    return Document(id=hit.id, page_content=hit.text, metadata=score_metadata(hit.metadata, hit.score, hit.scores))
