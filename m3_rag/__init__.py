@@ -9,25 +9,34 @@
 from __future__ import annotations
 
 from .encoder import DEFAULT_MODEL, M3Embedder
+from .encoding_entries import PackedEncodings, StoredEncoding
+from .encoding_store import EncodingStore, EncodingStoreStats
 from .errors import CheckpointError, IndexFormatError, MissingHeadError
 from .index import M3Index, MilvusStore, Record
 from .output import EncodedBatch, M3Output
 from .rerank import RankedText, rerank_texts
 from .retrieval import SearchHit
+from .store_encode import encode_with_store, fetch_encodings
 
 __all__ = [
     "DEFAULT_MODEL",
     "CheckpointError",
     "EncodedBatch",
+    "EncodingStore",
+    "EncodingStoreStats",
     "IndexFormatError",
     "M3Embedder",
     "M3Index",
     "M3Output",
     "MilvusStore",
     "MissingHeadError",
+    "PackedEncodings",
     "RankedText",
     "Record",
     "SearchHit",
+    "StoredEncoding",
+    "encode_with_store",
+    "fetch_encodings",
     "rerank_texts",
 ]
 
