@@ -11,6 +11,7 @@ its dtype), so a score does not depend on whether a text was stored before.
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -18,13 +19,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .encoding_entries import PackedEncodings, StoredEncoding, check_texts
+from .encoding_store import EncodingStore
 from .output import M3Output
 
 if TYPE_CHECKING:
     from .encoder import M3Embedder
-    from .encoding_store import EncodingStore
 
-__all__ = ["encode_with_store", "fetch_encodings"]
+__all__ = ["encode_with_store", "fetch_encodings", "open_encoding_store"]
 
 logger = logging.getLogger(__name__)
 
@@ -143,3 +144,20 @@ def encode_with_store(
         sparse=[e.sparse.to_dict() for e in entries] if sparse else None,
         colbert=[e.colbert_float32() for e in entries] if colbert else None,
     )
+
+
+def open_encoding_store(
+    store: EncodingStore | str | os.PathLike[str] | None, embedder: M3Embedder
+) -> EncodingStore | None:
+    """What an adapter's ``encoding_store=`` argument means: None, a store of ``embedder``'s model, or a path.
+
+    A path opens :meth:`EncodingStore.open` (the dtype the file has; a new file: float16).
+    """
+    if store is None:
+        return None
+    if isinstance(store, EncodingStore):
+        store.check_embedder(embedder)
+        return store
+    if isinstance(store, (str, os.PathLike)):
+        return EncodingStore.open(store, embedder)
+    raise TypeError(f"encoding_store must be an EncodingStore, a file path or None, got {type(store).__name__}")

@@ -9,6 +9,8 @@ from langchain_core.runnables.config import run_in_executor
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from m3_rag.encoder import DEFAULT_MODEL, M3Embedder
+from m3_rag.encoding_store import EncodingStore
+from m3_rag.store_encode import encode_with_store, open_encoding_store
 
 from ._common import EncodingCache, Kind, cache_for, encode_cached, resolve_embedder
 
@@ -25,6 +27,11 @@ class M3Embeddings(BaseModel, Embeddings):
     in hybrid mode) run the model once per text. Adapters built from the same ``model_name``
     share one loaded model (:meth:`M3Embedder.shared`); pass ``embedder`` to share a model you
     already loaded (then ``model_name``, ``device`` and ``dtype`` are not used).
+
+    With ``encoding_store`` (an :class:`~m3_rag.EncodingStore` or a file path), the pass that
+    makes a document's dense vector also stores its sparse weights and ColBERT vectors, so that
+    an :class:`M3Reranker` with the same store scores the documents a vector store returns
+    without encoding them again; documents already stored are read, not encoded.
 
     The async methods run the model in a worker thread, so they do not block the event loop.
 
@@ -55,6 +62,9 @@ class M3Embeddings(BaseModel, Embeddings):
     """Tokens per query (``None``: the model's query default, 512)."""
     embedder: M3Embedder | None = Field(default=None, exclude=True, repr=False)
     """An already loaded model to use; after construction, the model in use."""
+    encoding_store: Any = Field(default=None, exclude=True, repr=False)
+    """An ``EncodingStore`` (or its file path) that keeps every document's three encodings; after
+    construction, the open store or None."""
 
     @model_validator(mode="after")
     def _load(self) -> M3Embeddings:
@@ -70,6 +80,7 @@ class M3Embeddings(BaseModel, Embeddings):
                     f"{name}={value} is more than the model takes ({self.embedder.max_length} tokens); "
                     f"pass {name} <= {self.embedder.max_length} or leave it None"
                 )
+        self.encoding_store = open_encoding_store(self.encoding_store, self.embedder)
         return self
 
     @property
@@ -87,9 +98,18 @@ class M3Embeddings(BaseModel, Embeddings):
         max_length = self.query_max_length if kind == "query" else self.max_length
         return encode_cached(self.model, texts, kind=kind, max_length=max_length, batch_size=self.batch_size)
 
+    def _stored(self, texts: list[str], *, dense: bool) -> Any:
+        """Documents through the encoding store: dense vectors or sparse weights (misses: all three stored)."""
+        store: EncodingStore = self.encoding_store
+        return encode_with_store(self.model, texts, store, max_length=self.max_length, dense=dense, sparse=not dense,
+                                 colbert=False, batch_size=self.batch_size)  # fmt: skip
+
     # ------------------------------------------------------------------ dense (Embeddings)
     def embed_documents(self, texts: list[str]) -> list[list[float]]:
         """Dense vectors of documents, as lists of Python floats."""
+        if self.encoding_store is not None:
+            vectors: list[list[float]] = self._stored(texts, dense=True).dense.tolist()
+            return vectors
         return [entry.dense.tolist() for entry in self._encode(texts, "document")]
 
     def embed_query(self, text: str) -> list[float]:
@@ -115,6 +135,9 @@ class M3Embeddings(BaseModel, Embeddings):
         >>> all(isinstance(i, int) and w > 0 for i, w in weights.items())
         True
         """
+        if self.encoding_store is not None:
+            weights: list[dict[int, float]] = self._stored(texts, dense=False).sparse
+            return weights
         return [dict(entry.sparse) for entry in self._encode(texts, "document")]
 
     def embed_query_sparse(self, text: str) -> dict[int, float]:

@@ -13,6 +13,7 @@ from pydantic import ConfigDict, Field, field_validator, model_validator
 from m3_rag.encoder import DEFAULT_MODEL, M3Embedder
 from m3_rag.rerank import rerank_texts
 from m3_rag.scoring import normalize_weights
+from m3_rag.store_encode import open_encoding_store
 
 from ._common import resolve_embedder, score_metadata
 
@@ -29,6 +30,11 @@ class M3Reranker(BaseDocumentCompressor):
     ``["sparse_score"]``, ``["colbert_score"]`` (scores already there, e.g. from
     :class:`M3HybridRetriever`, are replaced). Use it in LangChain's
     ``ContextualCompressionRetriever`` to rerank any retriever's results.
+
+    With ``encoding_store`` (an :class:`~m3_rag.EncodingStore` or its file path, the one the
+    documents' :class:`M3Embeddings` filled), only the query is encoded: the documents'
+    encodings are read by their ``page_content`` (and ``max_length``, which must match the
+    embeddings'), and documents not stored yet are encoded once and stored.
 
     Example:
         >>> from langchain_core.documents import Document
@@ -63,6 +69,9 @@ class M3Reranker(BaseDocumentCompressor):
     """How many hybrid results the cross-encoder sees (default: as many as are returned)."""
     embedder: M3Embedder | None = Field(default=None, exclude=True, repr=False)
     """An already loaded model to use; after construction, the model in use."""
+    encoding_store: Any = Field(default=None, exclude=True, repr=False)
+    """An ``EncodingStore`` (or its file path) to read the documents' encodings from; after
+    construction, the open store or None."""
 
     @field_validator("weights", mode="before")
     @classmethod
@@ -76,6 +85,7 @@ class M3Reranker(BaseDocumentCompressor):
         self.embedder = resolve_embedder(name, self.embedder, device=self.device, dtype=self.dtype)
         if given:
             self.model_name = self.embedder.name
+        self.encoding_store = open_encoding_store(self.encoding_store, self.embedder)
         return self
 
     def compress_documents(
@@ -93,10 +103,11 @@ class M3Reranker(BaseDocumentCompressor):
             [doc.page_content for doc in docs],
             weights=self.weights,
             top_n=self.top_n,
-            max_query_length=self.query_max_length,
-            max_passage_length=self.max_length,
-            rerank_with=self.rerank_with,
-            rerank_top_n=self.rerank_top_n,
+            query_max_length=self.query_max_length,
+            passage_max_length=self.max_length,
+            cross_encoder=self.rerank_with,
+            cross_encoder_top_n=self.rerank_top_n,
+            encoding_store=self.encoding_store,
         )
         return [
             Document(

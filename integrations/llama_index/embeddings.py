@@ -12,7 +12,8 @@ from llama_index.core.base.embeddings.base import BaseEmbedding
 from llama_index.core.base.embeddings.base_sparse import BaseSparseEmbedding
 from llama_index.core.bridge.pydantic import ConfigDict, Field, PrivateAttr
 
-from m3_rag import DEFAULT_MODEL, M3Embedder
+from m3_rag import DEFAULT_MODEL, EncodingStore, M3Embedder
+from m3_rag.store_encode import encode_with_store, open_encoding_store
 
 from ._common import resolve_embedder
 
@@ -49,6 +50,11 @@ class M3Embedding(BaseEmbedding):
         device, dtype: where and how to load ``model_name`` (default: cuda/mps/cpu, fp16 on CUDA).
         embed_batch_size: texts per call of the model (default 32).
         query_max_length, passage_max_length: token limits; None uses the embedder's.
+        encoding_store: an :class:`~m3_rag.EncodingStore` (or its file path): the pass that
+            makes a node's dense vector also stores its sparse weights and ColBERT vectors, keyed
+            by the text embedded (``node.get_content(metadata_mode=MetadataMode.EMBED)``), so
+            that an :class:`M3Reranker` with the same store encodes only the query; texts
+            already stored are read, not encoded.
 
     Example:
         >>> from m3_rag.integrations.llama_index import M3Embedding
@@ -66,6 +72,7 @@ class M3Embedding(BaseEmbedding):
     passage_max_length: int | None = Field(default=None, ge=2, description=_PASSAGE_MAX)
 
     _embedder: M3Embedder = PrivateAttr()
+    _store: EncodingStore | None = PrivateAttr(default=None)
 
     def __init__(
         self,
@@ -74,11 +81,13 @@ class M3Embedding(BaseEmbedding):
         embedder: M3Embedder | None = None,
         device: str | torch.device | None = None,
         dtype: str | torch.dtype | None = None,
+        encoding_store: EncodingStore | str | os.PathLike[str] | None = None,
         **kwargs: Any,
     ) -> None:
         m3 = resolve_embedder(model_name, embedder, device=device, dtype=dtype)
         super().__init__(model_name=m3.name, **kwargs)
         self._embedder = m3
+        self._store = open_encoding_store(encoding_store, m3)
 
     @classmethod
     def class_name(cls) -> str:
@@ -89,7 +98,17 @@ class M3Embedding(BaseEmbedding):
         """The loaded model (share it with the other adapters: ``embedder=embed.embedder``)."""
         return self._embedder
 
+    @property
+    def encoding_store(self) -> EncodingStore | None:
+        """The store that keeps the texts' three encodings (or None)."""
+        return self._store
+
     def _dense(self, texts: list[str], *, query: bool) -> list[list[float]]:
+        if not query and self._store is not None:
+            stored = encode_with_store(self._embedder, texts, self._store, max_length=self.passage_max_length,
+                                       sparse=False, colbert=False)  # fmt: skip
+            assert stored.dense is not None
+            return [list(v) for v in stored.dense.tolist()]
         if query:
             out = self._embedder.encode_queries(texts, max_length=self.query_max_length, sparse=False, colbert=False)
         else:
