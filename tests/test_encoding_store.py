@@ -8,6 +8,7 @@ import struct
 import subprocess
 import sys
 import textwrap
+import time
 import zlib
 from pathlib import Path
 from types import SimpleNamespace
@@ -15,40 +16,12 @@ from typing import Any
 
 import numpy as np
 import pytest
+from _fake_encodings import FACTS, fake_output
 
 from m3_rag import EncodingStore, IndexFormatError, M3Embedder, M3Output, encode_with_store, fetch_encodings
 from m3_rag.encoding_entries import ROW_OVERHEAD
 from m3_rag.scoring import colbert_scores
 
-# What the fake model's encodings of a text are: a pure function of the text, so that any process
-# can check any entry. Shared (as source) with the worker processes of the concurrency test.
-FAKE = textwrap.dedent(
-    """
-    import hashlib
-    import numpy as np
-    from types import SimpleNamespace
-    from m3_rag import M3Output
-
-    FACTS = SimpleNamespace(name="fake-m3", vocab_size=50, fingerprint="fake-fingerprint", dim=4, colbert_dim=3)
-
-    def unit(rng, shape):
-        x = rng.standard_normal(shape).astype(np.float32)
-        return x / np.linalg.norm(x, axis=-1, keepdims=True)
-
-    def fake_output(texts):
-        dense, sparse, colbert = [], [], []
-        for text in texts:
-            rng = np.random.default_rng(int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little"))
-            dense.append(unit(rng, 4))
-            ids = np.sort(rng.choice(np.arange(4, 50), size=int(rng.integers(0, 5)), replace=False))
-            sparse.append({int(i): float(w) for i, w in zip(ids, rng.uniform(0.01, 0.5, len(ids)))})
-            colbert.append(unit(rng, (int(rng.integers(max(1, len(ids)), 12)), 3)))
-        return M3Output(dense=np.stack(dense), sparse=sparse, colbert=colbert)
-    """
-)
-exec(FAKE)  # defines FACTS, fake_output
-FACTS: Any
-fake_output: Any
 TEXTS = [f"text number {i}" for i in range(12)]
 TOL = {"float32": 0.0, "float16": 1e-3, "int8": 4e-3}
 
@@ -239,43 +212,55 @@ def test_eviction_keeps_the_recently_used_under_max_bytes(tmp_path: Path) -> Non
     assert kept[0] and not any(kept[1:5])  # the used one survived, the unused old ones went first
     assert kept[-1] and all(kept[-5:])
     db = sqlite3.connect(store.path)
-    assert db.execute(f"SELECT COUNT(*), SUM({ROW_OVERHEAD} + length(dense) + length(ids) + length(weights) + "
-                      "length(scales) + length(colbert)) FROM entries").fetchone() == (stats.entries, stats.bytes)  # fmt: skip
+    columns = "length(dense) + length(ids) + length(weights) + length(scales) + length(colbert)"
+    counted = db.execute(f"SELECT COUNT(*), SUM({ROW_OVERHEAD} + {columns}) FROM entries").fetchone()
+    assert counted == (stats.entries, stats.bytes)  # the totals kept by the puts are the real ones
 
 
-WORKER = FAKE + textwrap.dedent(
+WORKER = textwrap.dedent(
     """
-    import sys
+    import sys, time
+    from pathlib import Path
+    sys.path.insert(0, TESTS_DIR)
+    from _fake_encodings import FACTS, fake_output
     from m3_rag import EncodingStore
-    path, worker = sys.argv[1], int(sys.argv[2])
+    path, worker = Path(sys.argv[1]), int(sys.argv[2])
     store = EncodingStore(path, FACTS, colbert_dtype="int8")
-    texts = [f"shared {i}" for i in range(40)] + [f"own {worker} {i}" for i in range(40)]
-    texts = texts[worker * 7 :] + texts[: worker * 7]  # every worker in its own order
-    for a in range(0, len(texts), 4):
-        store.put(texts[a : a + 4], fake_output(texts[a : a + 4]), max_length=64)
-        store.get(texts[: a + 4 : 3], max_length=64)
+    texts = [f"shared {i}" for i in range(100)] + [f"own {worker} {i}" for i in range(100)]
+    texts = texts[worker * 37 :] + texts[: worker * 37]  # every worker in its own order
+    (path.parent / f"ready-{worker}").touch()
+    while not (path.parent / "go").exists():  # all start writing at once
+        time.sleep(0.01)
+    start = time.time()
+    for a in range(0, len(texts), 2):
+        store.put(texts[a : a + 2], fake_output(texts[a : a + 2]), max_length=64)
+        store.get(texts[: a + 2 : 3], max_length=64)
+    print(start, time.time())
     store.close()
-    print("done", worker)
     """
-)
+).replace("TESTS_DIR", repr(str(Path(__file__).parent)))
 
 
 @pytest.mark.slow
 def test_several_processes_fill_one_store(tmp_path: Path) -> None:
     path = tmp_path / "shared.sqlite"
-    workers = [
-        subprocess.Popen(
-            [sys.executable, "-c", WORKER, str(path), str(w)], stdout=subprocess.PIPE, stderr=subprocess.PIPE
-        )
-        for w in range(3)
-    ]
-    for w, proc in enumerate(workers):
+    EncodingStore(path, FACTS, colbert_dtype="int8").close()
+    pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
+    workers = [subprocess.Popen([sys.executable, "-c", WORKER, str(path), str(w)], **pipes) for w in range(3)]
+    deadline = time.monotonic() + 120
+    while not all((tmp_path / f"ready-{w}").exists() for w in range(3)) and time.monotonic() < deadline:
+        assert all(proc.poll() is None for proc in workers), [proc.stderr.read() for proc in workers]  # type: ignore[union-attr]
+        time.sleep(0.05)
+    (tmp_path / "go").touch()
+    windows = []
+    for proc in workers:
         out, err = proc.communicate(timeout=120)
         assert proc.returncode == 0, err.decode()
-        assert out.decode().strip() == f"done {w}"
+        windows.append([float(x) for x in out.split()])
+    assert max(start for start, _ in windows) < min(end for _, end in windows)  # they did write at the same time
     store = EncodingStore(path, FACTS, colbert_dtype="int8")
-    texts = [f"shared {i}" for i in range(40)] + [f"own {w} {i}" for w in range(3) for i in range(40)]
-    assert len(store) == len(texts) == 160  # nothing lost, nothing twice
+    texts = [f"shared {i}" for i in range(100)] + [f"own {w} {i}" for w in range(3) for i in range(100)]
+    assert len(store) == len(texts) == 400  # nothing lost, nothing twice
     got = store.get(texts, max_length=64)
     expected = fake_output(texts)
     for i, entry in enumerate(got):
