@@ -74,8 +74,9 @@ def quantize(vectors: np.ndarray, dtype: ColbertDtype) -> tuple[np.ndarray, np.n
     """``(values, scales)`` to store float vectors (M, d) as ``dtype``.
 
     ``scales`` is None for float32 and float16, and a (M,) float32 array for int8 such that
-    ``values * scales[:, None]`` approximates ``vectors`` with the same length (error about
-    ``max(|v|) / 254`` per entry at most; 0 for a zero vector).
+    ``values * scales[:, None]`` approximates ``vectors`` with the same length (error per entry
+    at most ~0.7 of a grid step ``max(|v|) / 127``: half a step from rounding, plus the change
+    of scale; a zero vector gives zeros).
     """
     check_colbert_dtype(dtype)
     vectors = np.asarray(vectors)
