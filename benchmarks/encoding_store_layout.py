@@ -123,7 +123,8 @@ class Segments:
                 name, starts = self._write_segment(blobs)
                 self.db.execute("BEGIN IMMEDIATE")
                 self.db.executemany(
-                    "UPDATE e SET seg = ?, start = ? WHERE key = ?", ((name, s, k) for (k, _, _), s in zip(live, starts))
+                    "UPDATE e SET seg = ?, start = ? WHERE key = ?",
+                    ((name, s, k) for (k, _, _), s in zip(live, starts)),
                 )
                 self.db.execute("COMMIT")
             (self.folder / seg).unlink()  # a reader holding the old map keeps reading it (POSIX)
@@ -191,7 +192,8 @@ def main() -> None:
         print(name, results[name], flush=True)
     setup = {"entries": args.entries, "tokens": args.tokens, "dim": args.dim, "dtype": "float16", "write_batch": 32}
     path = write_result(
-        "encoding_store_layout", {"setup": setup, "layouts": results, "load_before": load_before, "load_after": loadavg()}
+        "encoding_store_layout",
+        {"setup": setup, "layouts": results, "load_before": load_before, "load_after": loadavg()},
     )
     print(path)
 
