@@ -51,7 +51,7 @@ __all__ = [
 ROW_OVERHEAD = 96
 _F32_ONE = int(np.float32(1.001).view(np.uint32))  # unit-vector components: |x| <= 1, plus rounding
 _F16_ONE = int(np.float16(1.0).view(np.uint16))
-_MAX_SCALE = 1.02 / 127  # an int8 scale is max|v| / 127 (refined), and |v| <= 1
+_MAX_SCALE = 1.02 / 127  # an int8 scale is ||v|| / ||q|| <= 1 / 127 for a unit v (q holds a 127)
 _NAMES = {"dense": "dense vector", "ids": "sparse ids", "weights": "sparse weights", "scales": "ColBERT scales",
           "colbert": "ColBERT vectors"}  # fmt: skip
 _LE: dict[str, np.dtype] = {"float32": np.dtype("<f4"), "float16": np.dtype("<f2"), "int8": np.dtype("i1")}

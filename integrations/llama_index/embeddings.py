@@ -108,7 +108,8 @@ class M3Embedding(BaseEmbedding):
             stored = encode_with_store(self._embedder, texts, self._store, max_length=self.passage_max_length,
                                        sparse=False, colbert=False)  # fmt: skip
             assert stored.dense is not None
-            return [list(v) for v in stored.dense.tolist()]
+            dense: list[list[float]] = stored.dense.tolist()
+            return dense
         if query:
             out = self._embedder.encode_queries(texts, max_length=self.query_max_length, sparse=False, colbert=False)
         else:
