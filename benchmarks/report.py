@@ -99,10 +99,13 @@ def _index_rows(result: dict[str, Any]) -> list[str]:
     return rows
 
 
-def _rerank_store_rows(result: dict[str, Any]) -> list[str]:
-    command = "python benchmarks/rerank_store.py"
-    where = f"{_machine(result)}, load {result['load_before'][0]:.1f}→{result['load_after'][0]:.1f}"
+def _rerank_store_rows(result: dict[str, Any], *, disk: bool = True) -> list[str]:
     date, setup = result["date"][:10], result["setup"]
+    threads = setup["torch_threads"]
+    command = "python benchmarks/rerank_store.py" + (
+        "" if threads == 1 else f" --threads {threads} --name rerank_store_2threads"
+    )
+    where = f"{_machine(result)}, {threads} torch thread{'s' * (threads > 1)}, load {result['load_before'][0]:.1f}→{result['load_after'][0]:.1f}"
     rows = []
     for n, by_mode in result["rerank_s"].items():
         store = ", ".join(f"{mode.split()[1]} {r['median'] * 1e3:.0f} ms ({r['ratio_vs_re_encode']:.0f}x)"
@@ -110,14 +113,15 @@ def _rerank_store_rows(result: dict[str, Any]) -> list[str]:
         f16 = by_mode["store float16"]["ratio_vs_re_encode"]
         rows.append(
             f"| rerank {n} candidates of ~{setup['candidate_tokens_mean']:.0f} tokens (mid-size checkpoint; median of "
-            f"{setup['rounds']}, alternated) | {where} | {date} | from the encoding store: {store} | re-encoding them: "
+            f"{setup['rounds']}, alternated) | {where} | {date} | from the encoding store: {store} | (m3-rag) re-encoding them: "
             f"{by_mode['re-encode']['median']:.2f} s | **{f16:.0f}x** float16 (target ≥ {setup['target_ratio']}x)"
             f"{_met(f16 >= setup['target_ratio'])} | `{command}` |"
         )
-    disk = result["disk"]
+    if not disk:
+        return rows
     cells = "; ".join(f"{d} {v['file_bytes_per_doc'] / 1e3:,.0f} kB ({v['colbert_bytes_per_token']} B/token)"
-                      for d, v in disk.items())  # fmt: skip
-    at_1024 = "; ".join(f"{d} {v['bge_m3_entry_bytes_per_doc'] / 1e3:,.0f} kB" for d, v in disk.items())
+                      for d, v in result["disk"].items())  # fmt: skip
+    at_1024 = "; ".join(f"{d} {v['bge_m3_entry_bytes_per_doc'] / 1e3:,.0f} kB" for d, v in result["disk"].items())
     rows.append(
         f"| encoding store on disk per document (~{setup['candidate_tokens_mean']:.0f} tokens) | {where} | {date} "
         f"| 384-d, measured (SQLite file / docs): {cells} | at BGE-M3's 1024-d (entry bytes): {at_1024} | — "
@@ -152,7 +156,7 @@ def _layout_rows(result: dict[str, Any]) -> list[str]:
         f"| encoding store layout ({setup['entries']:,} entries of {setup['tokens']} x {setup['dim']} float16) "
         f"| {_machine(result)}, load {result['load_before'][0]:.1f} | {result['date'][:10]} | SQLite blobs (chosen): "
         f"read 20 / 100 entries {sql['read_20_ms_median']:.1f} / {sql['read_100_ms_median']:.1f} ms, write "
-        f"{sql['write_entries_per_s']:,.0f}/s, evict 10% {sql['evict_10pct_s'] * 1e3:.0f} ms | segments + catalog: "
+        f"{sql['write_entries_per_s']:,.0f}/s, evict 10% {sql['evict_10pct_s'] * 1e3:.0f} ms | (the alternative) segments + catalog: "
         f"{seg['read_20_ms_median']:.1f} / {seg['read_100_ms_median']:.1f} ms, {seg['write_entries_per_s']:,.0f}/s, "
         f"{seg['evict_10pct_s'] * 1e3:.0f} ms (rewrites live entries) | — | `python benchmarks/encoding_store_layout.py` |"
     ]
@@ -174,6 +178,8 @@ def table() -> str:
         lines += _index_rows(index)
     if (rerank := _load("rerank_store")) is not None:
         lines += _rerank_store_rows(rerank)
+    if (rerank2 := _load("rerank_store_2threads")) is not None:
+        lines += _rerank_store_rows(rerank2, disk=False)
     if (fidelity := _load("encoding_fidelity")) is not None:
         lines += _fidelity_rows(fidelity)
     if (layout := _load("encoding_store_layout")) is not None:

@@ -14,7 +14,12 @@ is also split into its steps (query encode, store read and checks, scoring). The
 document: the SQLite file per document, and the entries' bytes per document, per dtype, also
 projected to BGE-M3's 1024 dimensions.
 
-    python benchmarks/rerank_store.py            # ~1-2 minutes; results/rerank_store.json
+One torch thread by default, for both paths: on this shared 2-core machine two threads of small
+operations (a query of 8 tokens, the scoring of 20 candidates) stall on each other whenever other
+processes run; measured at load 7-13, the store path then took 0.25-1 s instead of 45-120 ms.
+
+    python benchmarks/rerank_store.py                    # ~2-4 minutes; results/rerank_store.json
+    python benchmarks/rerank_store.py --threads 2 --name rerank_store_2threads
 """
 
 from __future__ import annotations
@@ -60,7 +65,8 @@ def _timed(fn: Any) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=5, help="timed rounds (each: every mode once per size)")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (both paths)")
+    parser.add_argument("--name", default="rerank_store", help="result file: results/<name>.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     ckpt = checkpoint("cpu")
@@ -85,8 +91,8 @@ def main() -> None:
         store = None if mode == "re-encode" else stores[mode.split()[1]]
         return _timed(lambda: rerank_texts(m3, query, candidates[:n], encoding_store=store))
 
-    for n in (20, 100):  # warm-up: one of each
-        for mode in modes:
+    for mode in modes:  # warm-up: one of each (re-encoding 100 would only repeat the 20 at length)
+        for n in (20, 100) if mode != "re-encode" else (20,):
             run(mode, queries[-1], n)
     times: dict[str, dict[str, list[float]]] = {str(n): {m: [] for m in modes} for n in (20, 100)}
     load_before = loadavg()
@@ -145,7 +151,7 @@ def main() -> None:
         "torch_threads": args.threads,
         "target_ratio": 50,
     }
-    path = write_result("rerank_store", {"setup": setup, "rerank_s": results, "steps_s": steps, "disk": disk,
+    path = write_result(args.name, {"setup": setup, "rerank_s": results, "steps_s": steps, "disk": disk,
                                           "load_before": load_before, "load_after": load_after})  # fmt: skip
     for n, by_mode in results.items():
         print(n, {m: f"{r['median'] * 1e3:.1f} ms ({r['ratio_vs_re_encode']:.0f}x)" for m, r in by_mode.items()})

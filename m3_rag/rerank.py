@@ -88,10 +88,11 @@ def rerank_texts(
     encoded when the texts are stored (e.g. by the embedding adapters, when the texts went into a
     vector store): their encodings are read, and the texts not stored yet are encoded once and
     stored. Scores then equal ``compute_score``'s to 1e-5 with float32 storage; float16 and int8
-    storage change the ColBERT score (and so the hybrid one) by at most ~1e-4 and ~2e-3 (measured
-    in benchmarks/README.md and pinned in tests/test_encoding_fidelity.py); dense and sparse
-    scores are exact. ``passage_max_length`` must be the one the texts were stored with (both
-    default to the embedder's ``passage_max_length``), or they are other keys: misses.
+    storage change only the ColBERT score (dense and sparse are exact): by at most 2.9e-5 and
+    5.0e-4 on the mid-size benchmark checkpoint, 2.0e-4 and 1.5e-3 on the 32-d test checkpoints
+    (benchmarks/README.md; pinned in tests/test_encoding_fidelity.py). ``passage_max_length``
+    must be the one the texts were stored with (both default to the embedder's
+    ``passage_max_length``), or they are other keys: misses.
 
     With ``cross_encoder`` (a cross-encoder or its model name), the best ``cross_encoder_top_n``
     by hybrid score (default: ``top_n``, or all) are reordered by the cross-encoder and the best
