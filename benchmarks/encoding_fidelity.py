@@ -116,7 +116,8 @@ def main() -> None:
     queries = make_queries(texts, args.queries)
     m3 = M3Embedder.from_pretrained(ckpt, device="cpu")
     load_before = loadavg()
-    figures = fidelity(m3, texts, queries, Path(tempfile.mkdtemp(prefix="m3-fidelity-")))
+    with tempfile.TemporaryDirectory(prefix="m3-fidelity-") as folder:
+        figures = fidelity(m3, texts, queries, Path(folder))
     setup = {"checkpoint": ckpt.name, "passages": len(texts), "passage_tokens": int(sum(tokens)),
              "queries": len(queries), "colbert_dim": m3.colbert_dim, "weights": [1, 1, 1], "top_k": 10}  # fmt: skip
     path = write_result("encoding_fidelity", {"setup": setup, "figures": figures, "load_before": load_before,

@@ -75,7 +75,8 @@ def main() -> None:
     cand_tokens = [n for n in tokens if n >= 180][:100]
     queries = _queries(candidates, args.rounds + 1)
     m3 = M3Embedder.from_pretrained(ckpt, device="cpu")
-    folder = Path(tempfile.mkdtemp(prefix="m3-rerank-store-"))
+    scratch = tempfile.TemporaryDirectory(prefix="m3-rerank-store-")
+    folder = Path(scratch.name)
     stores = {d: EncodingStore(folder / f"{d}.sqlite", m3, colbert_dtype=d) for d in DTYPES}  # type: ignore[arg-type]
     t0 = time.perf_counter()
     encoded = m3.encode_documents(candidates)
@@ -156,6 +157,7 @@ def main() -> None:
     for n, by_mode in results.items():
         print(n, {m: f"{r['median'] * 1e3:.1f} ms ({r['ratio_vs_re_encode']:.0f}x)" for m, r in by_mode.items()})
     print({d: round(v["file_bytes_per_doc"]) for d, v in disk.items()}, path)
+    scratch.cleanup()
 
 
 if __name__ == "__main__":
