@@ -16,7 +16,7 @@ projected to BGE-M3's 1024 dimensions.
 
 One torch thread by default, for both paths: on this shared 2-core machine two threads of small
 operations (a query of 8 tokens, the scoring of 20 candidates) stall on each other whenever other
-processes run; measured at load 7-13, the store path then took 0.25-1 s instead of 45-120 ms.
+processes run; measured at load ~4.5, the store path then took 0.3-0.35 s instead of 45-120 ms.
 
     python benchmarks/rerank_store.py                    # ~2-4 minutes; results/rerank_store.json
     python benchmarks/rerank_store.py --threads 2 --name rerank_store_2threads
