@@ -103,6 +103,69 @@ def _index_rows(result: dict[str, Any]) -> list[str]:
     return rows
 
 
+def _rerank_store_rows(result: dict[str, Any], *, disk: bool = True) -> list[str]:
+    date, setup = result["date"][:10], result["setup"]
+    threads = setup["torch_threads"]
+    command = "python benchmarks/rerank_store.py" + (
+        "" if threads == 1 else f" --threads {threads} --name rerank_store_2threads"
+    )
+    where = f"{_machine(result)}, {threads} torch thread{'s' * (threads > 1)}, load {result['load_before'][0]:.1f}→{result['load_after'][0]:.1f}"
+    rows = []
+    for n, by_mode in result["rerank_s"].items():
+        store = ", ".join(f"{mode.split()[1]} {r['median'] * 1e3:.0f} ms ({r['ratio_vs_re_encode']:.0f}x)"
+                          for mode, r in by_mode.items() if mode.startswith("store"))  # fmt: skip
+        f16 = by_mode["store float16"]["ratio_vs_re_encode"]
+        rows.append(
+            f"| rerank {n} candidates of ~{setup['candidate_tokens_mean']:.0f} tokens (mid-size checkpoint; median of "
+            f"{setup['rounds']}, alternated) | {where} | {date} | from the encoding store: {store} | (m3-rag) re-encoding them: "
+            f"{by_mode['re-encode']['median']:.2f} s | **{f16:.0f}x** float16 (target ≥ {setup['target_ratio']}x)"
+            f"{_met(f16 >= setup['target_ratio'])} | `{command}` |"
+        )
+    if not disk:
+        return rows
+    cells = "; ".join(f"{d} {v['file_bytes_per_doc'] / 1e3:,.0f} kB ({v['colbert_bytes_per_token']} B/token)"
+                      for d, v in result["disk"].items())  # fmt: skip
+    at_1024 = "; ".join(f"{d} {v['bge_m3_entry_bytes_per_doc'] / 1e3:,.0f} kB" for d, v in result["disk"].items())
+    rows.append(
+        f"| encoding store on disk per document (~{setup['candidate_tokens_mean']:.0f} tokens) | {where} | {date} "
+        f"| 384-d, measured (SQLite file / docs): {cells} | at BGE-M3's 1024-d (entry bytes): {at_1024} | — "
+        f"| `{command}` |"
+    )
+    return rows
+
+
+def _fidelity_rows(result: dict[str, Any]) -> list[str]:
+    command = "python benchmarks/encoding_fidelity.py"
+    setup, fig = result["setup"], result["figures"]
+    where = f"{_machine(result)}, load {result['load_before'][0]:.1f}→{result['load_after'][0]:.1f}"
+    rows = []
+    for dtype in ("float16", "int8"):
+        f = fig[dtype]
+        ok = f["colbert_error_max"] <= 5e-3 and f["same_top10"] >= 0.99
+        rows.append(
+            f"| {dtype} ColBERT storage vs float32 ({setup['passages']:,} passages, {setup['queries']} queries, "
+            f"exhaustive hybrid top-10; {setup['colbert_dim']}-d) | {where} | {result['date'][:10]} | largest ColBERT "
+            f"error {f['colbert_error_max']:.1e} (mean {f['colbert_error_mean']:.1e}), hybrid {f['hybrid_error_max']:.1e}; "
+            f"top-10 identical {f['same_top10']:.1%} (as a set {f['same_top10_set']:.1%}); swapped passages were "
+            f"≤ {f['largest_gap_swapped']:.1e} apart in float32 | — | (target error ≤ 5e-3, top-10 ≥ 99%){_met(ok)} "
+            f"| `{command}` |"
+        )
+    return rows
+
+
+def _layout_rows(result: dict[str, Any]) -> list[str]:
+    setup, lay = result["setup"], result["layouts"]
+    sql, seg = lay["sqlite_page_4096_mmap"], lay["segments_plus_catalog"]
+    return [
+        f"| encoding store layout ({setup['entries']:,} entries of {setup['tokens']} x {setup['dim']} float16) "
+        f"| {_machine(result)}, load {result['load_before'][0]:.1f} | {result['date'][:10]} | SQLite blobs (chosen): "
+        f"read 20 / 100 entries {sql['read_20_ms_median']:.1f} / {sql['read_100_ms_median']:.1f} ms, write "
+        f"{sql['write_entries_per_s']:,.0f}/s, evict 10% {sql['evict_10pct_s'] * 1e3:.0f} ms | (the alternative) segments + catalog: "
+        f"{seg['read_20_ms_median']:.1f} / {seg['read_100_ms_median']:.1f} ms, {seg['write_entries_per_s']:,.0f}/s, "
+        f"{seg['evict_10pct_s'] * 1e3:.0f} ms (rewrites live entries) | — | `python benchmarks/encoding_store_layout.py` |"
+    ]
+
+
 def table() -> str:
     lines = [
         "| figure | machine | date | m3-rag | FlagEmbedding 1.4.2 | ratio | reproduce |",
@@ -117,6 +180,14 @@ def table() -> str:
                      "`python benchmarks/encode_gpu.py` |")  # fmt: skip
     if (index := _load("index_search")) is not None:
         lines += _index_rows(index)
+    if (rerank := _load("rerank_store")) is not None:
+        lines += _rerank_store_rows(rerank)
+    if (rerank2 := _load("rerank_store_2threads")) is not None:
+        lines += _rerank_store_rows(rerank2, disk=False)
+    if (fidelity := _load("encoding_fidelity")) is not None:
+        lines += _fidelity_rows(fidelity)
+    if (layout := _load("encoding_store_layout")) is not None:
+        lines += _layout_rows(layout)
     return "\n".join(lines)
 
 

@@ -9,6 +9,8 @@
 from __future__ import annotations
 
 from .encoder import DEFAULT_MODEL, M3Embedder
+from .encoding_entries import PackedEncodings, StoredEncoding
+from .encoding_store import EncodingStore, EncodingStoreStats
 from .errors import CheckpointError, IndexFormatError, MissingHeadError
 from .index import M3Index, MilvusStore, Record
 from .output import EncodedBatch, M3Output
@@ -16,11 +18,14 @@ from .ranking import SearchHit
 from .rerank import RankedText, rerank_texts
 from .retrieval import HybridStore
 from .sparse import SparseVector
+from .store_encode import encode_with_store, fetch_encodings
 
 __all__ = [
     "DEFAULT_MODEL",
     "CheckpointError",
     "EncodedBatch",
+    "EncodingStore",
+    "EncodingStoreStats",
     "HybridStore",
     "IndexFormatError",
     "M3Embedder",
@@ -28,10 +33,14 @@ __all__ = [
     "M3Output",
     "MilvusStore",
     "MissingHeadError",
+    "PackedEncodings",
     "RankedText",
     "Record",
     "SearchHit",
     "SparseVector",
+    "StoredEncoding",
+    "encode_with_store",
+    "fetch_encodings",
     "rerank_texts",
 ]
 

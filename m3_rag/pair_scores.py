@@ -41,8 +41,8 @@ def compute_pair_scores(
     pairs: Sequence[tuple[str, str]] | tuple[str, str],
     *,
     weights: Sequence[float],
-    max_query_length: int,
-    max_passage_length: int,
+    query_max_length: int,
+    passage_max_length: int,
     batch_size: int | None = None,
     show_progress: bool | None = None,
 ) -> dict[str, list[float]]:
@@ -56,10 +56,10 @@ def compute_pair_scores(
     qi = np.fromiter((query_index[q] for q, _ in items), dtype=np.int64, count=len(items))
     pi = np.fromiter((passage_index[p] for _, p in items), dtype=np.int64, count=len(items))
     q_out = embedder.encode(
-        list(query_index), max_length=max_query_length, batch_size=batch_size, show_progress=show_progress
+        list(query_index), max_length=query_max_length, batch_size=batch_size, show_progress=show_progress
     )
     p_out = embedder.encode(
-        list(passage_index), max_length=max_passage_length, batch_size=batch_size, show_progress=show_progress
+        list(passage_index), max_length=passage_max_length, batch_size=batch_size, show_progress=show_progress
     )
     assert q_out.dense is not None and p_out.dense is not None
     assert q_out.sparse is not None and p_out.sparse is not None

@@ -96,7 +96,7 @@ def test_rerank_texts_with_a_cross_encoder(cross_encoder) -> None:
     query = "capital of Germany"
     embedder = M3Embedder.shared(DATA / "tiny-m3")
     hybrid = rerank_texts(embedder, query, CORPUS)
-    final = rerank_texts(embedder, query, CORPUS, top_n=2, rerank_with=cross_encoder, rerank_top_n=4)
+    final = rerank_texts(embedder, query, CORPUS, top_n=2, cross_encoder=cross_encoder, cross_encoder_top_n=4)
     seen = hybrid[:4]
     predicted = cross_encoder.predict([(query, CORPUS[r.index]) for r in seen])
     assert [r.index for r in final] == [seen[i].index for i in np.argsort(-predicted, kind="stable")[:2]]
@@ -136,12 +136,12 @@ def test_framework_adapters_take_the_final_stage(index, cross_encoder) -> None:
     assert [n.node.get_content() for n in nodes] == expected
     assert nodes[0].score == scores_of(nodes[0])["cross_encoder"]
 
-    lc = LangChainReranker(embedder=embedder, top_n=2, rerank_with=cross_encoder, rerank_top_n=4)
+    lc = LangChainReranker(embedder=embedder, top_n=2, cross_encoder=cross_encoder, cross_encoder_top_n=4)
     reranked = lc.compress_documents([Document(page_content=t) for t in CORPUS], query)
     hybrid_top4 = [CORPUS[r.index] for r in rerank_texts(embedder, query, CORPUS, top_n=4)]
     assert [d.page_content for d in reranked] == _expected(cross_encoder, query, hybrid_top4, 2)
 
-    li = LlamaReranker(embedder=embedder, top_n=2, rerank_with=cross_encoder, rerank_top_n=4)
+    li = LlamaReranker(embedder=embedder, top_n=2, cross_encoder=cross_encoder, cross_encoder_top_n=4)
     out = li.postprocess_nodes([NodeWithScore(node=TextNode(text=t), score=0.0) for t in CORPUS], query_str=query)
     assert [n.node.get_content() for n in out] == _expected(cross_encoder, query, hybrid_top4, 2)
     assert "hybrid" in scores_of(out[0])

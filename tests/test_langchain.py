@@ -81,7 +81,7 @@ class TestM3HybridRetrieverStandard(RetrieversIntegrationTests):
 
 # ---------------------------------------------------------------------- embeddings
 def test_embeddings_equal_the_encoder(embedder: M3Embedder) -> None:
-    emb = M3Embeddings(**MODEL, query_max_length=6, max_length=12)
+    emb = M3Embeddings(**MODEL, query_max_length=6, passage_max_length=12)
     docs = emb.embed_documents(CORPUS)
     assert all(type(x) is float for vector in docs for x in vector)
     expected = embedder.encode_documents(CORPUS, max_length=12, colbert=False)
@@ -118,7 +118,7 @@ def test_adapters_share_one_model_and_forbid_unknown_fields(embedder: M3Embedder
     with pytest.raises(ValidationError, match="extra"):
         M3Embeddings(**MODEL, normalize=True)
     with pytest.raises(ValueError, match="is more than the model takes"):
-        M3Embeddings(**MODEL, max_length=embedder.max_length + 1)
+        M3Embeddings(**MODEL, passage_max_length=embedder.max_length + 1)
     with pytest.raises(ValidationError, match="embedder"):
         M3Embeddings(embedder="tests/data/tiny-m3")
 

@@ -72,7 +72,7 @@ def test_encode_matches_reference(checkpoint, spec, max_length: int) -> None:
 def test_compute_score_matches_reference(checkpoint, spec, weights_tag, weights, batch_tag) -> None:
     _, m3, golden = checkpoint
     pairs = [tuple(p) for p in spec["pairs"]]
-    scores = m3.compute_score(pairs, weights=weights, max_query_length=512, max_passage_length=512)
+    scores = m3.compute_score(pairs, weights=weights, query_max_length=512, passage_max_length=512)
     assert set(scores) == {"dense", "sparse", "colbert", "sparse+dense", "colbert+sparse+dense"}
     for key, values in scores.items():
         ref = golden[f"score_{weights_tag}_{batch_tag}_{key}"]

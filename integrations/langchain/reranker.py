@@ -13,6 +13,7 @@ from pydantic import ConfigDict, Field, field_validator, model_validator
 from m3_rag.encoder import DEFAULT_MODEL, M3Embedder
 from m3_rag.rerank import rerank_texts
 from m3_rag.scoring import normalize_weights
+from m3_rag.store_encode import open_encoding_store
 
 from ._common import resolve_embedder, score_metadata
 from ._sharing import SharedResources
@@ -30,6 +31,11 @@ class M3Reranker(SharedResources, BaseDocumentCompressor):
     ``["sparse_score"]``, ``["colbert_score"]`` (scores already there, e.g. from
     :class:`M3HybridRetriever`, are replaced). Use it in LangChain's
     ``ContextualCompressionRetriever`` to rerank any retriever's results.
+
+    With ``encoding_store`` (an :class:`~m3_rag.EncodingStore` or its file path, the one the
+    documents' :class:`M3Embeddings` filled), only the query is encoded: the documents'
+    encodings are read by their ``page_content`` (and ``passage_max_length``, which must match the
+    embeddings'), and documents not stored yet are encoded once and stored.
 
     Example:
         >>> from langchain_core.documents import Document
@@ -52,18 +58,21 @@ class M3Reranker(SharedResources, BaseDocumentCompressor):
     """How many Documents to return (``None``: all of them, reordered)."""
     weights: tuple[float, float, float] = (1.0, 1.0, 1.0)
     """``(w_dense, w_sparse, w_colbert)`` of the hybrid score."""
-    max_length: int | None = Field(default=None, ge=2)
+    passage_max_length: int | None = Field(default=None, ge=2)
     """Tokens per document (``None``: the model's limit, 8192 for BGE-M3)."""
     query_max_length: int | None = Field(default=None, ge=2)
     """Tokens per query (``None``: the model's query default, 512)."""
-    rerank_with: Any = Field(default=None, exclude=True, repr=False)
+    cross_encoder: Any = Field(default=None, exclude=True, repr=False)
     """Optional final stage: a cross-encoder (``sentence_transformers.CrossEncoder`` or a model name such as
-    ``"BAAI/bge-reranker-v2-m3"``, extra ``m3-rag[rerank]``) that reorders the best ``rerank_top_n`` hybrid
+    ``"BAAI/bge-reranker-v2-m3"``, extra ``m3-rag[rerank]``) that reorders the best ``cross_encoder_top_n`` hybrid
     results; the score becomes the cross-encoder's and ``hybrid_score`` keeps the hybrid one."""
-    rerank_top_n: int | None = Field(default=None, ge=1)
+    cross_encoder_top_n: int | None = Field(default=None, ge=1)
     """How many hybrid results the cross-encoder sees (default: as many as are returned)."""
     embedder: M3Embedder | None = Field(default=None, exclude=True, repr=False)
     """An already loaded model to use; after construction, the model in use."""
+    encoding_store: Any = Field(default=None, exclude=True, repr=False)
+    """An ``EncodingStore`` (or its file path) to read the documents' encodings from; after
+    construction, the open store or None."""
 
     @field_validator("weights", mode="before")
     @classmethod
@@ -77,6 +86,7 @@ class M3Reranker(SharedResources, BaseDocumentCompressor):
         self.embedder = resolve_embedder(name, self.embedder, device=self.device, dtype=self.dtype)
         if given:
             self.model_name = self.embedder.name
+        self.encoding_store = open_encoding_store(self.encoding_store, self.embedder)
         return self
 
     def compress_documents(
@@ -94,10 +104,11 @@ class M3Reranker(SharedResources, BaseDocumentCompressor):
             [doc.page_content for doc in docs],
             weights=self.weights,
             top_n=self.top_n,
-            max_query_length=self.query_max_length,
-            max_passage_length=self.max_length,
-            rerank_with=self.rerank_with,
-            rerank_top_n=self.rerank_top_n,
+            query_max_length=self.query_max_length,
+            passage_max_length=self.passage_max_length,
+            cross_encoder=self.cross_encoder,
+            cross_encoder_top_n=self.cross_encoder_top_n,
+            encoding_store=self.encoding_store,
         )
         return [
             Document(

@@ -385,12 +385,12 @@ def _check_embedding(embedding: Any, store: HybridStore) -> None:
         )
     model = store.embedder
     for name, value, limit in (
-        ("max_length", embedding.max_length, model.passage_max_length),
+        ("passage_max_length", embedding.passage_max_length, model.passage_max_length),
         ("query_max_length", embedding.query_max_length, model.query_max_length),
     ):
         if value is not None and value != limit:
             raise ValueError(
                 f"the embedding's {name}={value} differs from the model's ({limit}), which the store encodes "
                 f"with; set it on the model instead (M3Embedder.from_pretrained(..., "
-                f"{'passage_max_length' if name == 'max_length' else name}={value})) or leave it None"
+                f"{name}={value})) or leave it None"
             )

@@ -12,8 +12,9 @@ from llama_index.core.base.embeddings.base import BaseEmbedding
 from llama_index.core.base.embeddings.base_sparse import BaseSparseEmbedding
 from llama_index.core.bridge.pydantic import ConfigDict, Field, PrivateAttr
 
-from m3_rag import DEFAULT_MODEL, M3Embedder
+from m3_rag import DEFAULT_MODEL, EncodingStore, M3Embedder
 from m3_rag.encode_cache import Kind, cache_for
+from m3_rag.store_encode import encode_with_store, open_encoding_store
 
 from ._common import resolve_embedder
 from .handoff import handoff_for
@@ -54,6 +55,11 @@ class M3Embedding(BaseEmbedding):
         device, dtype: where and how to load ``model_name`` (default: cuda/mps/cpu, fp16 on CUDA).
         embed_batch_size: texts per call of the model (default 32).
         query_max_length, passage_max_length: token limits; None uses the embedder's.
+        encoding_store: an :class:`~m3_rag.EncodingStore` (or its file path): the pass that
+            makes a node's dense vector also stores its sparse weights and ColBERT vectors, keyed
+            by the text embedded (``node.get_content(metadata_mode=MetadataMode.EMBED)``), so
+            that an :class:`M3Reranker` with the same store encodes only the query; texts
+            already stored are read, not encoded.
 
     Example:
         >>> from m3_rag.integrations.llama_index import M3Embedding
@@ -71,6 +77,7 @@ class M3Embedding(BaseEmbedding):
     passage_max_length: int | None = Field(default=None, ge=2, description=_PASSAGE_MAX)
 
     _embedder: M3Embedder = PrivateAttr()
+    _store: EncodingStore | None = PrivateAttr(default=None)
 
     def __init__(
         self,
@@ -79,11 +86,13 @@ class M3Embedding(BaseEmbedding):
         embedder: M3Embedder | None = None,
         device: str | torch.device | None = None,
         dtype: str | torch.dtype | None = None,
+        encoding_store: EncodingStore | str | os.PathLike[str] | None = None,
         **kwargs: Any,
     ) -> None:
         m3 = resolve_embedder(model_name, embedder, device=device, dtype=dtype)
         super().__init__(model_name=m3.name, **kwargs)
         self._embedder = m3
+        self._store = open_encoding_store(encoding_store, m3)
 
     @classmethod
     def class_name(cls) -> str:
@@ -94,7 +103,18 @@ class M3Embedding(BaseEmbedding):
         """The loaded model (share it with the other adapters: ``embedder=embed.embedder``)."""
         return self._embedder
 
+    @property
+    def encoding_store(self) -> EncodingStore | None:
+        """The store that keeps the texts' three encodings (or None)."""
+        return self._store
+
     def _dense(self, texts: list[str], *, query: bool) -> list[list[float]]:
+        if not query and self._store is not None:  # the pass that makes the dense vector stores all three
+            stored = encode_with_store(self._embedder, texts, self._store, max_length=self.passage_max_length,
+                                       sparse=False, colbert=False)  # fmt: skip
+            assert stored.dense is not None
+            from_store: list[list[float]] = stored.dense.tolist()
+            return from_store
         # One pass per text: a live M3VectorStore takes this pass's sparse and ColBERT outputs (handoff);
         # otherwise the shared encode cache keeps the sparse half for M3SparseEmbedding / Qdrant / Milvus.
         handoff = handoff_for(self._embedder)

@@ -14,8 +14,9 @@ from llama_index.core.instrumentation.events.rerank import ReRankEndEvent, ReRan
 from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle
 
-from m3_rag import DEFAULT_MODEL, M3Embedder, rerank_texts
+from m3_rag import DEFAULT_MODEL, EncodingStore, M3Embedder, rerank_texts
 from m3_rag.scoring import normalize_weights
+from m3_rag.store_encode import open_encoding_store
 
 from ._common import resolve_embedder, with_retrieval_score
 from .nodes import M3NodeWithScore
@@ -48,6 +49,12 @@ class M3Reranker(BaseNodePostprocessor):
         keep_retrieval_score: keep the incoming score in ``metadata["retrieval_score"]``.
         metadata_mode: which content of a node is scored (default ``MetadataMode.EMBED``).
         query_max_length, passage_max_length: token limits; None uses the embedder's.
+        encoding_store: an :class:`~m3_rag.EncodingStore` (or its file path), the one an
+            :class:`M3Embedding` filled when the nodes were indexed: then only the query is
+            encoded. Lookups are by the scored text, so keep ``metadata_mode`` (default
+            ``MetadataMode.EMBED``: exactly the string the embedding model saw, metadata
+            included) and ``passage_max_length`` as they were at indexing; a node whose text or
+            metadata changed since is another key, encoded once and stored (never a stale score).
 
     Example:
         >>> from llama_index.core.schema import NodeWithScore, TextNode
@@ -72,14 +79,15 @@ class M3Reranker(BaseNodePostprocessor):
     metadata_mode: MetadataMode = Field(default=MetadataMode.EMBED, description="Which node content is scored.")
     query_max_length: int | None = Field(default=None, ge=2, description="Tokens per query; None: 512.")
     passage_max_length: int | None = Field(default=None, ge=2, description="Tokens per node; None: the model's.")
-    rerank_with: Any = Field(
+    cross_encoder: Any = Field(
         default=None,
         exclude=True,
         description="Optional cross-encoder final stage (a CrossEncoder or a model name, extra m3-rag[rerank]).",
     )
-    rerank_top_n: int | None = Field(default=None, ge=1, description="Hybrid results the cross-encoder sees.")
+    cross_encoder_top_n: int | None = Field(default=None, ge=1, description="Hybrid results the cross-encoder sees.")
 
     _embedder: M3Embedder = PrivateAttr()
+    _store: EncodingStore | None = PrivateAttr(default=None)
 
     def __init__(
         self,
@@ -88,11 +96,13 @@ class M3Reranker(BaseNodePostprocessor):
         embedder: M3Embedder | None = None,
         device: str | torch.device | None = None,
         dtype: str | torch.dtype | None = None,
+        encoding_store: EncodingStore | str | os.PathLike[str] | None = None,
         **kwargs: Any,
     ) -> None:
         m3 = resolve_embedder(model_name, embedder, device=device, dtype=dtype)
         super().__init__(**{**kwargs, "model_name": m3.name})
         self._embedder = m3
+        self._store = open_encoding_store(encoding_store, m3)
 
     @field_validator("weights")
     @classmethod
@@ -107,6 +117,11 @@ class M3Reranker(BaseNodePostprocessor):
     def embedder(self) -> M3Embedder:
         """The loaded model."""
         return self._embedder
+
+    @property
+    def encoding_store(self) -> EncodingStore | None:
+        """The store the nodes' encodings are read from (or None)."""
+        return self._store
 
     def _postprocess_nodes(
         self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None = None
@@ -138,10 +153,11 @@ class M3Reranker(BaseNodePostprocessor):
                 texts,
                 weights=self.weights,
                 top_n=self.top_n,
-                max_query_length=self.query_max_length,
-                max_passage_length=self.passage_max_length,
-                rerank_with=self.rerank_with,
-                rerank_top_n=self.rerank_top_n,
+                query_max_length=self.query_max_length,
+                passage_max_length=self.passage_max_length,
+                cross_encoder=self.cross_encoder,
+                cross_encoder_top_n=self.cross_encoder_top_n,
+                encoding_store=self._store,
             )
             reranked: list[NodeWithScore] = []
             for r in ranked:  # the nodes stay as they came (their hash too); the scores go next to them
