@@ -46,7 +46,12 @@ def _entries(
     found = store.get(items, max_length=length, colbert=colbert)
     missing = list(dict.fromkeys(text for text, entry in zip(items, found) if entry is None))
     fresh: dict[str, StoredEncoding] = {}
-    for batch in embedder.iter_encode(missing, max_length=length, batch_size=batch_size, show_progress=show_progress):
+    batches = (
+        embedder.iter_encode(missing, max_length=length, batch_size=batch_size, show_progress=show_progress)
+        if missing
+        else ()
+    )
+    for batch in batches:
         batch_texts = [missing[i] for i in batch.indices.tolist()]
         try:
             stored = store.put(batch_texts, batch, max_length=length)

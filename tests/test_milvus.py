@@ -17,8 +17,7 @@ from conftest import DATA
 from milvus_lite.server_manager import server_manager_instance
 from test_index import CORPUS, QUERIES, exhaustive
 
-from m3_rag import IndexFormatError, M3Embedder, M3Index, MilvusStore
-from m3_rag.index.colbert_cache import ColbertCache
+from m3_rag import EncodingStore, IndexFormatError, M3Embedder, M3Index, MilvusStore
 from m3_rag.index.milvus_expr import milvus_expression
 from m3_rag.retrieval import HybridStore
 
@@ -47,11 +46,16 @@ def make(embedder: M3Embedder, db: str):
         store.close()
 
 
+def encodings(db: str, embedder: M3Embedder, name: str) -> EncodingStore | None:
+    """An encoding store holding ColBERT vectors as ``name`` (None: re-encode the candidates)."""
+    return None if name == "none" else EncodingStore(f"{db}.{name}.sqlite", embedder, colbert_dtype=name)  # type: ignore[arg-type]
+
+
 @pytest.fixture(scope="module")
 def stores(embedder: M3Embedder, db: str) -> dict[str, MilvusStore]:
-    """The corpus in the side-store (float16, float32) and re-encoding variants."""
+    """The corpus with ColBERT vectors in an encoding store (float16, float32) and re-encoded."""
     out = {
-        name: MilvusStore(embedder, db, f"corpus_{name}", colbert_dtype=None if name == "none" else name)
+        name: MilvusStore(embedder, db, f"corpus_{name}", encoding_store=encodings(db, embedder, name))
         for name in ("float16", "float32", "none")
     }
     for store in out.values():
@@ -83,7 +87,8 @@ def assert_same_hits(got, expected, rtol=1e-5) -> None:
 
 def test_is_a_hybrid_store(stores) -> None:
     assert all(isinstance(s, HybridStore) for s in stores.values())
-    assert stores["float16"].colbert_dtype == "float16" and stores["none"].colbert_dtype is None
+    assert stores["float16"].encoding_store is not None and stores["none"].encoding_store is None
+    assert stores["float16"].encoding_store.colbert_dtype == "float16"
     assert stores["float16"].dense_index_type == "FLAT"  # exact first stage on milvus-lite by default
     assert len(stores["float16"]) == len(CORPUS)
 
@@ -231,59 +236,70 @@ def test_batches_progress_and_reopen(make, embedder, tmp_path, capsys, monkeypat
     try:
         assert len(reopened) == len(CORPUS) - 1 and reopened.get("d3")[0].metadata == METAS[3]
 
-        def no_encoding(*args, **kwargs):
-            raise AssertionError("the side store should have every candidate's ColBERT vectors")
+        seen: list[int] = []
+        original = embedder.iter_encode
 
-        monkeypatch.setattr(embedder, "encode_documents", no_encoding)
+        def counting(texts, *args, **kwargs):
+            seen.append(len(texts))
+            return original(texts, *args, **kwargs)
+
+        monkeypatch.setattr(embedder, "iter_encode", counting)
         for a, b in zip(before, reopened.search_batch(QUERIES, k=5)):
             assert_same_hits(b, a, rtol=1e-6)
+        assert seen == [len(QUERIES)]  # the queries, and no candidate: their vectors were kept
     finally:
         reopened.close()
 
 
-def test_stale_side_store_is_re_encoded(stores, references, tmp_path) -> None:
-    """A side store that lacks the texts (deleted, or another machine's) falls back to re-encoding."""
+def test_encoding_store_misses_are_encoded_and_kept(stores, references, tmp_path, monkeypatch) -> None:
+    """An encoding store that lacks the texts (another machine's, or a new file) encodes them once and
+    keeps them: the next search reads them."""
     store = stores["float32"]
-    folder = tmp_path / "cb"
-    other = MilvusStore(store.embedder, store.uri, store.collection, colbert_dtype="float32", colbert_dir=folder)
+    fresh = EncodingStore(tmp_path / "enc.sqlite", store.embedder, colbert_dtype="float32")
+    other = MilvusStore(store.embedder, store.uri, store.collection, encoding_store=fresh)
     try:
         for query in QUERIES:
             assert_same_hits(other.search(query, k=5), references["float32"].search(query, k=5))
+        assert fresh.stats().misses > 0 and len(fresh) > 0
+        expected = [references["float32"].search(query, k=5) for query in QUERIES]
+        seen: list[int] = []
+        original = store.embedder.iter_encode
+
+        def counting(texts, *args, **kwargs):
+            seen.append(len(texts))
+            return original(texts, *args, **kwargs)
+
+        monkeypatch.setattr(store.embedder, "iter_encode", counting)
+        for query, hits in zip(QUERIES, expected):
+            assert_same_hits(other.search(query, k=5), hits)
+        assert seen == [1] * len(QUERIES)  # only the queries: every candidate came from the store
     finally:
         other.close()
 
 
-def test_side_store_picks_up_other_writers_and_skips_damage(make, embedder, monkeypatch, caplog) -> None:
-    first = make()
-    second = MilvusStore(embedder, first.uri, first.collection)  # another process, the same folder
+def test_a_damaged_encoding_is_re_encoded(make, embedder, tmp_path, caplog) -> None:
+    """A damaged entry (an attacker, a bad disk) is a miss with a warning, never a crash."""
+    import sqlite3
+
+    path = tmp_path / "enc.sqlite"
+    store = make(encoding_store=EncodingStore(path, embedder))
+    store.add(CORPUS[:4], ids=IDS[:4])
+    expected = store.search("capital", k=3)
+    with sqlite3.connect(path) as db:
+        tables = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        blob_columns = [
+            (t, c[1]) for t in tables for c in db.execute(f"PRAGMA table_info({t})") if c[2].upper() == "BLOB"
+        ]
+        table, column = blob_columns[-1]
+        db.execute(f"UPDATE {table} SET {column} = substr({column}, 1, length({column}) - 8)")
+    again = MilvusStore(embedder, store.uri, store.collection, encoding_store=EncodingStore(path, embedder))
     try:
-        second.add(CORPUS[:4], ids=IDS[:4])
-        expected = second.search("capital", k=3)
-        original = embedder.encode_documents
-
-        def no_encoding(*args, **kwargs):
-            raise AssertionError("the side store should have every candidate's ColBERT vectors")
-
-        monkeypatch.setattr(embedder, "encode_documents", no_encoding)
-        assert_same_hits(first.search("capital", k=3), expected, rtol=1e-6)  # found after a refresh
-        monkeypatch.setattr(embedder, "encode_documents", original)
-
-        folder = first._cache.folder
-        segment = next(folder.glob("seg-*"))
-        (segment / "vectors.npy").write_bytes((segment / "vectors.npy").read_bytes()[:-64])
-        third = MilvusStore(embedder, first.uri, first.collection)
-        try:
-            assert "skipping damaged ColBERT segment" in caplog.text
-            assert_same_hits(third.search("capital", k=3), expected, rtol=1e-3)  # re-encoded: float32, not 16
-        finally:
-            third.close()
+        assert_same_hits(again.search("capital", k=3), expected, rtol=1e-3)
+        assert "damaged" in caplog.text
     finally:
-        second.close()
-    other = M3Embedder.from_pretrained(DATA / "tiny-m3-bin", device="cpu")
-    with pytest.raises(IndexFormatError, match="another model or dtype"):
-        ColbertCache(folder, fingerprint=other.fingerprint, dim=embedder.colbert_dim, dtype="float16")
-    with pytest.raises(IndexFormatError, match="another model or dtype"):
-        ColbertCache(folder, fingerprint=embedder.fingerprint, dim=embedder.colbert_dim, dtype="float32")
+        again.close()
+    with pytest.raises(IndexFormatError):  # a store of another model
+        EncodingStore(path, M3Embedder.from_pretrained(DATA / "tiny-m3-bin", device="cpu"))
 
 
 def test_hnsw_index_parameters(make, references) -> None:
@@ -296,7 +312,7 @@ def test_hnsw_index_parameters(make, references) -> None:
 
 def test_unreachable_server_is_a_clear_error(embedder) -> None:
     with pytest.raises(ConnectionError, match=r"could not connect to Milvus at 'http://127\.0\.0\.1:1'"):
-        MilvusStore(embedder, "http://127.0.0.1:1", colbert_dtype=None, timeout=2)
+        MilvusStore(embedder, "http://127.0.0.1:1", encoding_store=None, timeout=2)
 
 
 def test_collection_of_another_model_is_refused(make, db) -> None:
@@ -312,10 +328,8 @@ def test_bad_arguments(make, embedder, tmp_path) -> None:
         MilvusStore(embedder, str(tmp_path / "m3.sqlite"))
     with pytest.raises(ValueError, match="collection must match"):
         MilvusStore(embedder, str(tmp_path / "m3.db"), "bad name")
-    with pytest.raises(ValueError, match="colbert_dtype must be"):
-        MilvusStore(embedder, str(tmp_path / "m3.db"), colbert_dtype="int8")  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="needs colbert_dir"):
-        MilvusStore(embedder, "http://127.0.0.1:1", colbert_dtype="float16")
+    with pytest.raises(TypeError, match="encoding_store"):
+        MilvusStore(embedder, str(tmp_path / "m3.db"), encoding_store=42)  # type: ignore[arg-type]
     store = make()
     with pytest.raises(ValueError, match="too long for Milvus"):
         store.add(["x" * 70000])

@@ -8,29 +8,23 @@ stored vectors and ColBERT from the candidates' multi-vectors, so scores equal `
 (with an exact first stage -- FLAT, the default on milvus-lite -- the hits are the same too).
 
 Where the ColBERT vectors live. Milvus cannot hold them here (milvus-lite 3.2 refuses struct /
-embedding-list fields), so there are two homes, picked by ``colbert``:
+embedding-list fields), so they live in an :class:`~m3_rag.EncodingStore` (``encoding_store``):
+one SQLite file of every text's encodings, keyed by the model, the passage ``max_length`` and the
+text, so a missing or stale entry is re-encoded (and stored) rather than trusted -- the same store
+that the LangChain and LlamaIndex rerankers read. With ``encoding_store=None`` the candidates are
+re-encoded at query time.
 
-- a local side store (:class:`~m3_rag.index.colbert_cache.ColbertCache`, float16 by default):
-  packed ``.npy`` segments next to the milvus-lite file, keyed by a hash of the text, so a
-  missing or stale entry is re-encoded rather than trusted;
-- none (``colbert_dtype=None``): the candidates are re-encoded at query time.
+Measured (``benchmarks/rerank_store.py``, 2 shared CPU cores), 100 candidates of ~190 tokens: reading
+and checking their encodings takes ~37 ms at 384 dimensions (float16, 15 MB), about 2.7x that at
+BGE-M3's 1024 (2 KiB per token); re-encoding them is ~0.03-0.12 s on one H100 but 16 s for the
+mid-size 384-d model on such a CPU, and BGE-M3 needs ~29x its FLOPs per token.
 
-Measured with ``benchmarks/milvus_colbert.py`` (2 shared CPU cores, ``OMP_WAIT_POLICY=PASSIVE``),
-100 candidates of ~175 tokens (17.5k tokens) per query:
-
-- side store: 2.5 ms for the ColBERT step with the tiny checkpoint (36 ms per whole search);
-  ~160 ms at BGE-M3's size (1024-d float16: 36 MB read per query; 2 KiB per token on disk,
-  ~350 GB per million passages);
-- re-encoding: 306 ms with the tiny checkpoint (245 ms per search); for BGE-M3 (11 TFLOP per
-  query) ~0.03-0.12 s on one H100 (150-600k tokens/s), but minutes on such a CPU (a 384x6
-  model ran at 1.9k tokens/s; BGE-M3 needs 29x its FLOPs per token).
-
-Decision: ``colbert_dtype="auto"`` (the default) keeps a float16 side store with milvus-lite (one
-machine by definition) and re-encodes with a Milvus server, where several machines search one
-collection and a local folder would hold only what this machine added (a miss is re-encoded,
-so a side store is never wrong, only sometimes slow). Give a server-backed store a side store
-with ``colbert_dir`` (e.g. a shared folder) when queries run on CPU; with a GPU, re-encoding
-100 candidates costs about as much as reading their vectors.
+Decision: ``encoding_store="auto"`` (the default) keeps one next to a milvus-lite file
+(``<uri>.encodings.sqlite``; one machine by definition) and re-encodes with a Milvus server, where
+several machines search one collection and a local file would hold only what this machine added
+(a miss is re-encoded, so the store is never wrong, only sometimes slow). Give a server-backed store
+an encoding store when queries run on CPU; with a GPU, re-encoding 100 candidates costs about as
+much as reading their vectors.
 
 Example (needs ``pip install "m3-rag[milvus]"``; skipped without it):
     >>> import pytest; _ = pytest.importorskip("milvus_lite")
@@ -50,47 +44,28 @@ Example (needs ``pip install "m3-rag[milvus]"``; skipped without it):
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from ..encoder import M3Embedder
-from ..errors import IndexFormatError, ModelMismatchError
+from ..encoding_store import EncodingStore
 from ..filters import MetadataColumns, filter_mask
 from ..output import M3Output
 from ..records import Record, check_ids, check_metadatas, check_texts
 from ..retrieval import Candidates, HybridStore, QueryBatch, SearchRequest
-from ..scoring import colbert_scores_at
 from ..sparse import SparseVector, stack_csr
-from .colbert_cache import ColbertCache, ColbertDtype, text_keys
+from ..store_encode import fetch_encodings, open_encoding_store
+from .milvus_collection import NAME, SERVER, connect, open_collection, recorded_model
 from .milvus_expr import ids_expression, milvus_expression
 
 __all__ = ["MilvusStore", "recorded_model"]
 
-_INSTALL = 'pip install "m3-rag[milvus]"'
 _MAX_TOPK = 16384  # Milvus's largest search limit
 _FETCH = 1000  # ids per query expression
-_FIELDS = {
-    "id": "VARCHAR",
-    "text": "VARCHAR",
-    "metadata": "JSON",
-    "dense": "FLOAT_VECTOR",
-    "sparse": "SPARSE_FLOAT_VECTOR",
-}
-_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,254}$")
-_SERVER = re.compile(r"^(https?|tcp|unix):", re.IGNORECASE)
-
-
-def _pymilvus() -> Any:
-    try:
-        import pymilvus
-    except ImportError as exc:
-        raise ImportError(f"MilvusStore needs pymilvus (and milvus-lite for local files): {_INSTALL}") from exc
-    return pymilvus
+_Output = tuple[np.ndarray, SparseVector, np.ndarray | None]
 
 
 class MilvusStore(HybridStore):
@@ -101,9 +76,9 @@ class MilvusStore(HybridStore):
         uri: a local ``.db`` path (milvus-lite, in-process) or ``http(s)://host:19530``.
         collection: the collection name (created when missing; checked when it exists).
         token: ``"user:password"`` or an API key for a server.
-        colbert_dtype: ``"auto"``, ``"float16"``/``"float32"`` (a local side store) or ``None``
-            (re-encode candidates); see the module docs.
-        colbert_dir: the side store folder (default for milvus-lite: ``<uri>.colbert/<collection>``).
+        encoding_store: where the ColBERT vectors live: ``"auto"`` (a file next to a milvus-lite
+            ``.db``; none with a server), an :class:`~m3_rag.EncodingStore` or its file path, or
+            ``None`` (re-encode the candidates); see the module docs.
         dense_index: ``{"index_type": ..., "params": {...}}`` for the dense field (metric IP);
             default FLAT (exact) for milvus-lite, HNSW (M 16, efConstruction 200) for a server.
         sparse_index: the same for the sparse field (default SPARSE_INVERTED_INDEX).
@@ -115,8 +90,8 @@ class MilvusStore(HybridStore):
         consistency_level: of every request (``"Strong"``: reads see all writes).
         **client_kwargs: passed to ``pymilvus.MilvusClient`` (e.g. ``db_name``).
 
-    Thread-safe: the pymilvus client is, and the side store takes a lock. Several processes
-    (or machines) may share a collection; each keeps or shares its own side store.
+    Thread-safe: the pymilvus client and the encoding store are. Several processes (or machines)
+    may share a collection, and processes of one machine may share an encoding store.
     """
 
     def __init__(
@@ -126,8 +101,7 @@ class MilvusStore(HybridStore):
         collection: str = "m3",
         token: str | None = None,
         *,
-        colbert_dtype: ColbertDtype | Literal["auto"] | None = "auto",
-        colbert_dir: str | os.PathLike[str] | None = None,
+        encoding_store: EncodingStore | str | os.PathLike[str] | Literal["auto"] | None = "auto",
         dense_index: Mapping[str, Any] | None = None,
         sparse_index: Mapping[str, Any] | None = None,
         dense_search_params: Mapping[str, Any] | None = None,
@@ -139,115 +113,36 @@ class MilvusStore(HybridStore):
     ) -> None:
         if not (embedder.has_sparse and embedder.has_colbert):
             embedder.model.check_modes(sparse=True, colbert=True, source=embedder.name)
-        if not isinstance(collection, str) or not _NAME.match(collection):
-            raise ValueError(f"collection must match {_NAME.pattern} (letters, digits, _), got {collection!r}")
-        if colbert_dtype not in ("auto", "float16", "float32", None):
-            raise ValueError(f"colbert_dtype must be 'auto', 'float16', 'float32' or None, got {colbert_dtype!r}")
+        if not isinstance(collection, str) or not NAME.match(collection):
+            raise ValueError(f"collection must match {NAME.pattern} (letters, digits, _), got {collection!r}")
         if isinstance(insert_batch_size, bool) or not isinstance(insert_batch_size, int) or insert_batch_size < 1:
             raise ValueError(f"insert_batch_size must be an int >= 1, got {insert_batch_size!r}")
         self.embedder = embedder
         self.uri = os.fspath(uri)
         self.collection = collection
-        self.local = not _SERVER.match(self.uri)
+        self.local = not SERVER.match(self.uri)
         self.timeout = timeout
         self.insert_batch_size = insert_batch_size
         self.max_text_bytes = max_text_bytes
         self._consistency = consistency_level
         self._dense_search_params = dict(dense_search_params or {})
-        if colbert_dtype == "auto":
-            colbert_dtype = "float16" if self.local or colbert_dir is not None else None
-        if colbert_dtype is not None and colbert_dir is None and not self.local:
-            raise ValueError(
-                f"colbert_dtype={colbert_dtype!r} with a Milvus server needs colbert_dir=<a folder on this machine> "
-                "for the side store; or pass colbert_dtype=None to re-encode the candidates at query time"
-            )
-        self.colbert_dtype: ColbertDtype | None = colbert_dtype
-        self.client = self._connect(token, client_kwargs)
-        self._cache: ColbertCache | None = None
+        if isinstance(encoding_store, str) and encoding_store == "auto":
+            encoding_store = f"{self.uri}.encodings.sqlite" if self.local else None
+        self.client = connect(self.uri, local=self.local, token=token, timeout=timeout, client_kwargs=client_kwargs)
         try:
-            self._open_collection(dense_index, sparse_index)
-            if colbert_dtype is not None:
-                folder = Path(colbert_dir) if colbert_dir is not None else Path(f"{self.uri}.colbert") / collection
-                dim = embedder.colbert_dim or 0
-                self._cache = ColbertCache(folder, fingerprint=embedder.fingerprint, dim=dim, dtype=colbert_dtype)
+            self.dense_index_type = open_collection(
+                self.client, collection, embedder, uri=self.uri, local=self.local, timeout=timeout,
+                consistency_level=consistency_level, max_text_bytes=max_text_bytes,
+                dense_index=dense_index, sparse_index=sparse_index,
+            )  # fmt: skip
+            #: The :class:`~m3_rag.EncodingStore` that holds the documents' ColBERT vectors (or None).
+            self.encoding_store: EncodingStore | None = open_encoding_store(encoding_store, embedder)
         except BaseException:
             self.client.close()
             raise
 
-    # ------------------------------------------------------------------ connection and schema
-    def _connect(self, token: str | None, client_kwargs: dict[str, Any]) -> Any:
-        """The pymilvus client. A milvus-lite file open in another process is a ConnectionError
-        naming that process; the client's ``close()`` releases the file (see :mod:`.lite_lock`)."""
-        pm = _pymilvus()
-        if self.local:
-            if not self.uri.endswith(".db"):
-                raise ValueError(f"a local milvus-lite uri must end with '.db', got {self.uri!r}")
-            Path(self.uri).parent.mkdir(parents=True, exist_ok=True)
-        try:
-            if self.local:
-                from .lite_lock import connect_lite
-
-                return connect_lite(pm, self.uri, token=token or "", timeout=self.timeout, **client_kwargs)
-            return pm.MilvusClient(uri=self.uri, token=token or "", timeout=self.timeout, **client_kwargs)
-        except ImportError as exc:
-            if not self.local:
-                raise
-            raise ImportError(f"a local .db uri needs milvus-lite: {_INSTALL}") from exc
-        except pm.MilvusException as exc:
-            if self.local and "milvus-lite" in str(exc):
-                raise ImportError(f"a local .db uri needs milvus-lite: {_INSTALL}") from exc
-            raise ConnectionError(
-                f"could not connect to Milvus at {self.uri!r} (timeout {self.timeout} s): {exc}. Check that the "
-                "server runs and the uri/token are right, or use a local file such as './m3.db' (milvus-lite)"
-            ) from exc
-
     def _rpc(self) -> dict[str, Any]:
         return {"timeout": self.timeout, "consistency_level": self._consistency}
-
-    def _open_collection(self, dense_index: Mapping[str, Any] | None, sparse_index: Mapping[str, Any] | None) -> None:
-        pm, name, emb = _pymilvus(), self.collection, self.embedder
-        if not self.client.has_collection(name, timeout=self.timeout):
-            schema = self.client.create_schema(auto_id=False, enable_dynamic_field=False)
-            schema.add_field("id", pm.DataType.VARCHAR, is_primary=True, max_length=512)
-            schema.add_field("text", pm.DataType.VARCHAR, max_length=self.max_text_bytes)
-            schema.add_field("metadata", pm.DataType.JSON)
-            schema.add_field("dense", pm.DataType.FLOAT_VECTOR, dim=emb.dim)
-            schema.add_field("sparse", pm.DataType.SPARSE_FLOAT_VECTOR)
-            hnsw: dict[str, Any] = {"index_type": "HNSW", "params": {"M": 16, "efConstruction": 200}}
-            specs = {
-                "dense": dense_index or ({"index_type": "FLAT"} if self.local else hnsw),
-                "sparse": sparse_index or {"index_type": "SPARSE_INVERTED_INDEX"},
-            }
-            indexes = self.client.prepare_index_params()
-            for field, spec in specs.items():
-                params = dict(spec.get("params") or {})
-                indexes.add_index(field, index_type=spec["index_type"], metric_type="IP", params=params)
-            properties = {"m3_rag.model": emb.name, "m3_rag.fingerprint": emb.fingerprint, "m3_rag.dim": str(emb.dim)}
-            self.client.create_collection(
-                name, schema=schema, timeout=self.timeout, consistency_level=self._consistency, properties=properties
-            )
-            # an empty collection's index is ready at once: skip pymilvus's 0.5 s polling per index
-            self.client.create_index(name, indexes, timeout=self.timeout, sync=False)
-        info = self.client.describe_collection(name, timeout=self.timeout)
-        fields = {f["name"]: f for f in info["fields"]}
-        found = {n: getattr(f["type"], "name", str(f["type"])) for n, f in fields.items()}
-        if any(found.get(n) != t for n, t in _FIELDS.items()) or not fields["id"].get("is_primary"):
-            raise IndexFormatError(
-                f"collection {name!r} at {self.uri} has fields {found}, not m3-rag's {_FIELDS} (id the primary "
-                "key); pass another collection name"
-            )
-        dim, props = int(fields["dense"]["params"]["dim"]), info.get("properties") or {}
-        accepted = {emb.fingerprint, getattr(emb, "legacy_fingerprint", emb.fingerprint)}
-        if dim != emb.dim or props.get("m3_rag.fingerprint", emb.fingerprint) not in accepted:
-            raise ModelMismatchError(
-                f"collection {name!r} at {self.uri}",
-                f"{props.get('m3_rag.model', '?')} (dense dim {dim})",
-                f"{emb.name} (dim {emb.dim})",
-            )
-        self.client.load_collection(name, timeout=self.timeout)
-        index_names = self.client.list_indexes(name, field_name="dense")
-        described = self.client.describe_index(name, index_names[0]) if index_names else {}
-        self.dense_index_type = str(described.get("index_type", "FLAT")).upper()
 
     # ------------------------------------------------------------------ basics
     def __len__(self) -> int:
@@ -260,7 +155,7 @@ class MilvusStore(HybridStore):
     def __repr__(self) -> str:
         return (
             f"MilvusStore({self.uri!r}, collection={self.collection!r}, model={self.embedder.name!r}, "
-            f"colbert_dtype={self.colbert_dtype!r})"
+            f"encoding_store={None if self.encoding_store is None else str(self.encoding_store.path)!r})"
         )
 
     def __enter__(self) -> MilvusStore:
@@ -276,6 +171,8 @@ class MilvusStore(HybridStore):
         another process (or a new store here) can open it right after.
         """
         self.client.close()
+        if self.encoding_store is not None:
+            self.encoding_store.close()
 
     def _fetch(self, ids: Sequence[str], fields: list[str]) -> list[dict[str, Any]]:
         """Rows by id, in chunks; the ids are escaped (pymilvus's own ``get(ids=)`` does not escape them)."""
@@ -329,21 +226,23 @@ class MilvusStore(HybridStore):
             return []
         show = len(items) >= 1000 if show_progress is None else show_progress
         pending: list[int] = []
-        outputs: dict[int, tuple[np.ndarray, SparseVector, np.ndarray | None]] = {}
+        outputs: dict[int, _Output] = {}
         with tqdm(total=len(items), desc="Indexing into Milvus", unit="text", disable=not show) as bar:
             for batch in self.embedder.iter_encode(
                 items,
                 dense=True,
                 sparse=True,
-                colbert=self._cache is not None,
+                colbert=self.encoding_store is not None,
                 max_length=self.embedder.passage_max_length,
                 batch_size=batch_size,
                 show_progress=False,
             ):
                 assert batch.dense is not None
-                colbert = batch.colbert_list() if self._cache is not None else [None] * len(batch)
+                if self.encoding_store is not None:  # the vectors first: a row in Milvus then has them
+                    batch_texts = [items[i] for i in batch.indices.tolist()]
+                    self.encoding_store.put(batch_texts, batch, max_length=self.embedder.passage_max_length)
                 for j, (i, sparse) in enumerate(zip(batch.indices.tolist(), batch.sparse_vectors())):
-                    outputs[i] = (batch.dense[j], sparse, colbert[j])
+                    outputs[i] = (batch.dense[j], sparse, None)
                     pending.append(i)
                 while len(pending) >= self.insert_batch_size:
                     bar.update(self._write(pending[: self.insert_batch_size], items, doc_ids, metas, outputs))
@@ -369,12 +268,12 @@ class MilvusStore(HybridStore):
             raise ValueError(f"output needs dense and sparse outputs for each of the {len(items)} texts")
         if np.shape(output.dense) != (len(items), self.embedder.dim):
             raise ValueError(f"output.dense must be ({len(items)}, {self.embedder.dim}), got {np.shape(output.dense)}")
-        colbert = output.colbert if self._cache is not None else None
-        if self._cache is not None and (colbert is None or len(colbert) != len(items)):
-            raise ValueError("this store keeps ColBERT vectors: output needs one ColBERT matrix per text")
-        outputs = {
-            i: (np.asarray(output.dense[i]), SparseVector.from_dict(output.sparse[i]), colbert[i] if colbert else None)
-            for i in range(len(items))
+        if self.encoding_store is not None:
+            if output.colbert is None or len(output.colbert) != len(items):
+                raise ValueError("this store keeps ColBERT vectors: output needs one ColBERT matrix per text")
+            self.encoding_store.put(items, output, max_length=self.embedder.passage_max_length)
+        outputs: dict[int, _Output] = {
+            i: (np.asarray(output.dense[i]), SparseVector.from_dict(output.sparse[i]), None) for i in range(len(items))
         }
         order = list(range(len(items)))
         for start in range(0, len(order), self.insert_batch_size):
@@ -396,7 +295,7 @@ class MilvusStore(HybridStore):
         items: list[str],
         doc_ids: list[str],
         metas: list[dict[str, Any]],
-        outputs: dict[int, tuple[np.ndarray, SparseVector, np.ndarray | None]],
+        outputs: dict[int, _Output],
     ) -> int:
         empty = {self.embedder.vocab_size: 1.0}  # Milvus refuses empty sparse rows; no query has this id
         rows = []
@@ -411,11 +310,6 @@ class MilvusStore(HybridStore):
                     "sparse": sparse.to_dict() or empty,
                 }
             )
-        if self._cache is not None:  # side store first: a row in Milvus then has its vectors
-            colbert = [outputs[i][2] for i in positions]
-            keys = text_keys([items[i] for i in positions], max_length=self.embedder.passage_max_length)
-            offsets = np.concatenate([[0], np.cumsum([len(m) for m in colbert])])  # type: ignore[arg-type]
-            self._cache.put(keys, np.concatenate(colbert), offsets)  # type: ignore[arg-type]
         self.client.upsert(self.collection, rows, timeout=self.timeout)
         for i in positions:
             del outputs[i]
@@ -530,45 +424,15 @@ class MilvusStore(HybridStore):
         return out
 
     def _colbert_scores(self, queries: Sequence[np.ndarray], texts: Sequence[Sequence[str]]) -> list[np.ndarray]:
-        """ColBERT scores by text: the side store's vectors, the others re-encoded (once per distinct text)."""
-        if self._cache is None:
+        """ColBERT scores by text, from the encoding store (its misses encoded once and stored)."""
+        if self.encoding_store is None:
             return super()._colbert_scores(queries, texts)
         unique = list(dict.fromkeys(t for group in texts for t in group))
         if not unique:
             return [np.zeros(0, np.float32) for _ in texts]
-        dim = self.embedder.colbert_dim or 0
-        mats: list[np.ndarray] = [np.zeros((0, dim), np.float32)] * len(unique)
-        found, vectors, offsets = self._cache.get(text_keys(unique, max_length=self.embedder.passage_max_length))
-        for i, start, end in zip(np.flatnonzero(found).tolist(), offsets[:-1].tolist(), offsets[1:].tolist()):
-            mats[i] = vectors[start:end]
-        redo = np.flatnonzero(~found).tolist()
-        if redo:
-            out = self.embedder.encode_documents([unique[i] for i in redo], dense=False, sparse=False, colbert=True)
-            assert out.colbert is not None
-            for i, mat in zip(redo, out.colbert):
-                mats[i] = mat
-        lengths = np.array([len(mat) for mat in mats], dtype=np.int64)
-        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
-        packed = np.concatenate(mats).astype(np.float32, copy=False)
+        packed = fetch_encodings(self.embedder, unique, self.encoding_store)
         where = {t: i for i, t in enumerate(unique)}
-        result = []
-        for query, group in zip(queries, texts):
-            pos = np.fromiter((where[t] for t in group), dtype=np.int64, count=len(group))
-            result.append(colbert_scores_at(query, packed, starts[pos], lengths[pos]))
-        return result
-
-
-def recorded_model(uri: str | os.PathLike[str], collection: str, token: str | None = None) -> str | None:
-    """The model an m3-rag collection was made with (None when there is no such collection)."""
-    pm = _pymilvus()
-    path = os.fspath(uri)
-    if not _SERVER.match(path) and not Path(path).exists():
-        return None
-    client = pm.MilvusClient(uri=path, token=token or "")
-    try:
-        if not client.has_collection(collection):
-            return None
-        model = (client.describe_collection(collection).get("properties") or {}).get("m3_rag.model")
-        return str(model) if model else None
-    finally:
-        client.close()
+        return [
+            packed.colbert_scores(query, np.fromiter((where[t] for t in group), dtype=np.int64, count=len(group)))
+            for query, group in zip(queries, texts)
+        ]
