@@ -28,9 +28,9 @@ from __future__ import annotations
 import threading
 import weakref
 from collections import OrderedDict
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Generic, Literal, TypeVar
 
 import numpy as np
 
@@ -40,7 +40,7 @@ from .sparse import SparseVector
 if TYPE_CHECKING:
     from .encoder import M3Embedder
 
-__all__ = ["CachedEncoding", "EncodingCache", "Kind", "Want", "cache_for"]
+__all__ = ["CachedEncoding", "EncodingCache", "Kind", "PerModel", "Want", "cache_for"]
 
 Kind = Literal["query", "document"]
 Want = Literal["dense", "sparse", "both"]
@@ -170,14 +170,34 @@ class EncodingCache:
             self._pending_bytes -= dropped.nbytes()
 
 
-_CACHES: weakref.WeakKeyDictionary[M3Embedder, EncodingCache] = weakref.WeakKeyDictionary()
-_CACHES_LOCK = threading.Lock()
+T = TypeVar("T")
+
+
+class PerModel(Generic[T]):
+    """One ``T`` per loaded model, made on first use and dropped with the model (thread-safe).
+
+    >>> from m3_rag import M3Embedder
+    >>> m3, caches = M3Embedder.shared("tests/data/tiny-m3"), PerModel(list)
+    >>> caches.get(m3) is caches.get(m3)
+    True
+    """
+
+    def __init__(self, make: Callable[[], T]) -> None:
+        self._make = make
+        self._items: weakref.WeakKeyDictionary[M3Embedder, T] = weakref.WeakKeyDictionary()
+        self._lock = threading.Lock()
+
+    def get(self, embedder: M3Embedder) -> T:
+        with self._lock:
+            item = self._items.get(embedder)
+            if item is None:
+                item = self._items[embedder] = self._make()
+            return item
+
+
+_CACHES: PerModel[EncodingCache] = PerModel(EncodingCache)
 
 
 def cache_for(embedder: M3Embedder) -> EncodingCache:
     """The one cache of this model: every adapter (LangChain or LlamaIndex) on the same embedder shares it."""
-    with _CACHES_LOCK:
-        cache = _CACHES.get(embedder)
-        if cache is None:
-            cache = _CACHES[embedder] = EncodingCache()
-        return cache
+    return _CACHES.get(embedder)

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from m3_rag import M3Embedder
+from m3_rag.encode_cache import PerModel
 from m3_rag.records import check_texts
 from m3_rag.sparse import SparseVector
 
@@ -180,14 +181,9 @@ def _same_pass(entry: FullEncoding, embedding: Sequence[float] | None, max_lengt
     return vector.shape == entry.dense.shape and bool(np.array_equal(vector, entry.dense))
 
 
-_HANDOFFS: weakref.WeakKeyDictionary[M3Embedder, EncodingHandoff] = weakref.WeakKeyDictionary()
-_HANDOFFS_LOCK = threading.Lock()
+_HANDOFFS: PerModel[EncodingHandoff] = PerModel(EncodingHandoff)
 
 
 def handoff_for(embedder: M3Embedder) -> EncodingHandoff:
     """The one handoff of this model, shared by every ``M3Embedding`` and ``M3VectorStore`` on it."""
-    with _HANDOFFS_LOCK:
-        handoff = _HANDOFFS.get(embedder)
-        if handoff is None:
-            handoff = _HANDOFFS[embedder] = EncodingHandoff()
-        return handoff
+    return _HANDOFFS.get(embedder)

@@ -15,10 +15,12 @@ checksums, fsynced writes, and the ``flock`` locks that tell which segment files
 from __future__ import annotations
 
 import ast
+import contextlib
 import hashlib
 import mmap
 import os
 import stat
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -37,6 +39,7 @@ __all__ = [
     "SegmentLock",
     "damaged",
     "file_entry",
+    "folder_lock",
     "fsync_dir",
     "load_npy",
     "prefetch_rows",
@@ -270,17 +273,7 @@ class SegmentLock:
     def shared(cls, folder: Path) -> SegmentLock | None:
         """Hold ``folder/.lock`` shared, or None when it cannot be had now (the segment is being
         written or removed: read the catalog again)."""
-        try:
-            fd = os.open(folder / ".lock", os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))
-        except OSError:
-            return None
-        if fcntl is not None:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            except OSError:
-                os.close(fd)
-                return None
-        return cls(fd)
+        return _try_flock(folder / ".lock", shared=True)
 
     def downgrade(self) -> None:
         """Exclusive -> shared (the writer keeps reading its committed segment)."""
@@ -298,14 +291,36 @@ class SegmentLock:
 
 def try_lock_exclusive(folder: Path) -> SegmentLock | None:
     """Hold ``folder/.lock`` exclusively if nobody holds it (None otherwise, or when it is missing)."""
+    return _try_flock(folder / ".lock", shared=False)
+
+
+def _try_flock(path: Path, *, shared: bool) -> SegmentLock | None:
+    """An flock on an existing lock file (not a link) without waiting, or None."""
     try:
-        fd = os.open(folder / ".lock", os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))
     except OSError:
         return None
     if fcntl is not None:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except OSError:
             os.close(fd)
             return None
     return SegmentLock(fd)
+
+
+@contextlib.contextmanager
+def folder_lock(path: Path, *, wait: bool = True) -> Iterator[bool]:
+    """Hold the lock file ``path`` (made when missing) exclusively while the block runs; yields False
+    without waiting when ``wait`` is off and another process holds it (the upgrade and compaction locks)."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0), 0o644)
+    try:
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            except OSError:
+                yield False
+                return
+        yield True
+    finally:
+        os.close(fd)

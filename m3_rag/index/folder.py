@@ -37,13 +37,8 @@ from ..encoder import M3Embedder
 from ..errors import IndexFormatError, ModelMismatchError
 from ..records import check_json_value, metadata_json
 from .catalog import CATALOG, FORMAT, FORMAT_VERSION, SEGMENT_NAME, Catalog, CatalogState, DocRow, SegmentEntry
-from .files import SegmentLock, damaged, fsync_dir, try_lock_exclusive
+from .files import SegmentLock, damaged, folder_lock, fsync_dir, try_lock_exclusive
 from .segment import Segment, open_segment, write_segment
-
-try:
-    import fcntl
-except ImportError:  # pragma: no cover
-    fcntl = None  # type: ignore[assignment]
 
 __all__ = ["Changes", "IndexFolder"]
 
@@ -351,19 +346,8 @@ class IndexFolder:
                 self._write(sources, commit)
             self.collect_garbage()
 
-    @contextlib.contextmanager
     def _compaction_lock(self, wait: bool) -> Any:
-        fd = os.open(self.path / ".compact.lock", os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
-        try:
-            if fcntl is not None:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-                except OSError:
-                    yield False
-                    return
-            yield True
-        finally:
-            os.close(fd)
+        return folder_lock(self.path / ".compact.lock", wait=wait)
 
     # ------------------------------------------------------------------ clean-up
     def collect_garbage(self) -> None:

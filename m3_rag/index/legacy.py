@@ -22,12 +22,7 @@ import numpy as np
 from ..encoder import M3Embedder
 from ..errors import IndexFormatError, ModelMismatchError
 from ..records import check_json_value
-from .files import damaged, load_npy
-
-try:
-    import fcntl
-except ImportError:  # pragma: no cover
-    fcntl = None  # type: ignore[assignment]
+from .files import damaged, folder_lock, load_npy
 
 __all__ = ["legacy_model", "upgrade"]
 
@@ -128,10 +123,7 @@ def upgrade(path: Path, embedder: M3Embedder) -> None:
     from .folder import SEGMENTS, IndexFolder
     from .segment import Segment, SegmentArrays
 
-    lock_fd = os.open(path / ".upgrade.lock", os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
-    try:
-        if fcntl is not None:
-            fcntl.flock(lock_fd, fcntl.LOCK_EX)
+    with folder_lock(path / ".upgrade.lock"):
         if (path / CATALOG).exists() or not (path / _MANIFEST).exists():
             return  # another process upgraded it meanwhile
         manifest, arrays, documents = _read(path, embedder)
@@ -157,5 +149,3 @@ def upgrade(path: Path, embedder: M3Embedder) -> None:
             if stale.name.startswith((".tmp-", ".manifest-", "data-")):
                 shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
         logger.warning("upgraded the index at %s from format 1 to format 2 (m3-rag 0.1 cannot read it any more)", path)
-    finally:
-        os.close(lock_fd)
