@@ -29,6 +29,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from . import records
 from .colbert_codec import ColbertDtype, check_colbert_dtype, dequantize, numpy_dtype, quantize
 from .scoring import colbert_scores_at
 from .sparse import SparseVector, split_packed
@@ -103,12 +104,10 @@ def check_max_length(max_length: object) -> int:
 
 
 def check_texts(texts: Sequence[str]) -> list[str]:
-    if isinstance(texts, str) or not isinstance(texts, Sequence):
-        raise TypeError(f"texts must be a list of str, got {type(texts).__name__}")
-    for i, text in enumerate(texts):
-        if not isinstance(text, str):
-            raise TypeError(f"texts[{i}] must be a str, got {type(text).__name__}: {text!r:.80}")
-    return list(texts)
+    """A list of str (:func:`m3_rag.records.check_texts`; a bare str is refused: wrap it in a list)."""
+    if isinstance(texts, str):
+        raise TypeError(f"texts must be a list of str, got a str {texts!r:.60}; wrap it in a list")
+    return records.check_texts(texts)
 
 
 class DamagedEntry(ValueError):
