@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from .encoder import DEFAULT_MODEL, M3Embedder
 from .errors import CheckpointError, IndexFormatError, MissingHeadError
-from .index import M3Index, MilvusStore, Record
+from .index import M3Index, MilvusStore, QdrantStore, Record
 from .output import EncodedBatch, M3Output
 from .ranking import SearchHit
 from .rerank import RankedText, rerank_texts
@@ -28,6 +28,7 @@ __all__ = [
     "M3Output",
     "MilvusStore",
     "MissingHeadError",
+    "QdrantStore",
     "RankedText",
     "Record",
     "SearchHit",
