@@ -102,7 +102,7 @@ def point_id(doc_id: str) -> str:
     return str(uuid.uuid5(_ID_NAMESPACE, doc_id))
 
 
-def qdrant_location(target: str | os.PathLike[str]) -> dict[str, str]:
+def qdrant_location(target: str | os.PathLike[str]) -> dict[str, Any]:
     """Keyword arguments for :class:`QdrantStore` from one string (what the CLI's ``--qdrant`` takes).
 
     >>> qdrant_location("http://localhost:6333"), qdrant_location(":memory:"), qdrant_location("./qd")
@@ -233,7 +233,7 @@ class QdrantStore(HybridStore):
                     if dtype == "int8"
                     else None,
                 )
-            record = {
+            made = {
                 "format": _FORMAT,
                 "model": emb.name,
                 "fingerprint": emb.fingerprint,
@@ -246,7 +246,7 @@ class QdrantStore(HybridStore):
                 self.collection,
                 vectors_config=vectors,
                 sparse_vectors_config={"sparse": m.SparseVectorParams()},
-                metadata={"m3_rag": record},
+                metadata={"m3_rag": made},
             )
         info = self.client.get_collection(self.collection)
         record = (info.config.metadata or {}).get("m3_rag")

@@ -205,9 +205,7 @@ def _score_engine(store: QdrantStore, queries: QueryBatch, picked: list[list[str
             continue
         only = m.Filter(must=[m.HasIdCondition(has_id=ids)])
         sv = queries.sparse[j]
-        asks: list[tuple[str, Any, Any]] = [
-            ("dense", np.asarray(queries.dense[j], dtype=np.float32).tolist(), exact)
-        ]
+        asks: list[tuple[str, Any, Any]] = [("dense", np.asarray(queries.dense[j], dtype=np.float32).tolist(), exact)]
         if len(sv):
             asks.append(("sparse", m.SparseVector(indices=sv.indices.tolist(), values=sv.weights.tolist()), None))
         if store.colbert_dtype is not None:  # no HNSW graph (m=0): a plain scan of the candidates
