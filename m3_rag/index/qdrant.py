@@ -272,7 +272,7 @@ class QdrantStore(HybridStore):
         stored = record.get("colbert_dtype")
         if stored not in ("float32", "float16", "int8", "none") or (stored != "none") != ("colbert" in vectors):
             raise IndexFormatError(f"{where} records ColBERT storage {stored!r} that its vectors do not match")
-        found: ColbertDtype | None = None if stored == "none" else stored  # type: ignore[assignment]
+        found: ColbertDtype | None = None if stored == "none" else stored
         if colbert_dtype != "auto" and colbert_dtype != found:
             raise ValueError(
                 f"{where} stores ColBERT vectors as {stored!r}, not {colbert_dtype or 'none'!r}: pass "
