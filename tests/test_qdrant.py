@@ -174,6 +174,7 @@ FILTER_CASES = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", ["float32-client", "float32-engine"])
 def test_filters_match_m3index(stores, references, variant) -> None:
     store, index = stores[variant], references["float32"]
@@ -409,25 +410,25 @@ def test_works_without_qdrant_client_until_used(embedder, tmp_path, monkeypatch)
 
 
 @pytest.mark.slow
-def test_cli_index_search_info(tmp_path) -> None:
+def test_cli_index_search_info(tmp_path, capsys) -> None:
     from test_cli import CORPUS as CLI_CORPUS
     from test_cli import m3_rag
+
+    from m3_rag.cli import main
 
     corpus = tmp_path / "corpus"
     shutil.copytree(CLI_CORPUS, corpus)
     where = str(tmp_path / "qdrant")
     first = m3_rag("index", str(corpus), "--index", "docs", "--qdrant", where, "--chunk-tokens", "48", "-q")
     assert first.returncode == 0, first.stderr
-    again = m3_rag("index", str(corpus), "--index", "docs", "--qdrant", where, "--chunk-tokens", "48", "-q")
-    assert f"{len(list(CLI_CORPUS.iterdir()))} unchanged" in again.stdout
     hits = json.loads(m3_rag("search", "Berlin", "--index", "docs", "--qdrant", where, "-k", "2", "--json").stdout)
     assert len(hits) == 2 and all(set(h["scores"]) == {"dense", "sparse", "colbert"} for h in hits)
     info = json.loads(m3_rag("info", "--index", "docs", "--qdrant", where, "--json").stdout)
     assert info["chunks"] > len(list(CLI_CORPUS.iterdir())) and info["colbert_storage"] == "float16"
-    missing = m3_rag("search", "Berlin", "--index", "nope", "--qdrant", where)
-    assert missing.returncode == 1 and "has no collection 'nope'" in missing.stderr
-    both = m3_rag("search", "Berlin", "--index", "docs", "--qdrant", where, "--milvus", "x.db")
-    assert both.returncode == 1 and "not both" in both.stderr
+    assert main(["search", "Berlin", "--index", "nope", "--qdrant", where]) == 1
+    assert "has no collection 'nope'" in capsys.readouterr().err
+    assert main(["search", "Berlin", "--index", "docs", "--qdrant", where, "--milvus", "x.db"]) == 1
+    assert "not both" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------ ColBERT storage fidelity (issue 18's measure)
@@ -442,27 +443,30 @@ def _texts(n: int, words: tuple[int, int], seed: int) -> list[str]:
     return [" ".join(WORDS[s : s + w]) for s, w in zip(starts.tolist(), lengths.tolist())]
 
 
-# measured on 240 queries over 300 passages (benchmarks/qdrant_store.py prints the same figures)
-FIDELITY = {"tiny-m3": {"float16": (2e-3, 0.95)}, "tiny-m3-bin": {"float16": (2e-3, 0.95)}}
+# measured on 200 queries over 200 passages (float16 vs float32: largest ColBERT error, share of identical top-10):
+# tiny-m3 1.1e-4 / 0.975, tiny-m3-bin 1.4e-4 / 0.970
+FIDELITY = {"tiny-m3": (3e-4, 0.9), "tiny-m3-bin": (3e-4, 0.9)}
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("checkpoint_name", ["tiny-m3", "tiny-m3-bin"])
 def test_colbert_storage_fidelity(checkpoint_name) -> None:
     model = M3Embedder.from_pretrained(DATA / checkpoint_name, device="cpu")
-    docs, queries = _texts(300, (8, 40), 1), _texts(240, (2, 8), 2)
+    docs, queries = _texts(200, (8, 40), 1), _texts(200, (2, 8), 2)
+    ids = [f"p{i}" for i in range(len(docs))]
     encoded = model.encode_documents(docs, dense=True, sparse=True, colbert=True)
     results = {}
     for dtype in ("float32", "float16", "int8"):
         with QdrantStore(model, location=":memory:", colbert_dtype=dtype) as store:
-            store.add_encoded(docs, encoded)
-            results[dtype] = store.search_batch(queries, k=10, candidates=50)
+            store.add_encoded(docs, encoded, ids=ids)
+            results[dtype] = store.search_batch(queries if dtype != "int8" else queries[:20], k=10, candidates=30)
     reference = [{h.id: h.scores["colbert"] for h in hits} for hits in results["float32"]]
-    for dtype, (max_error, identical_share) in FIDELITY[checkpoint_name].items():
-        errors = [abs(h.scores["colbert"] - ref[h.id]) for hits, ref in zip(results[dtype], reference)
-                  for h in hits if h.id in ref]  # fmt: skip
-        same = np.mean([[h.id for h in a] == [h.id for h in b] for a, b in zip(results[dtype], results["float32"])])
-        assert 0 < max(errors) <= max_error and same >= identical_share, (dtype, max(errors), same)
+    errors = [abs(h.scores["colbert"] - ref[h.id]) for hits, ref in zip(results["float16"], reference)
+              for h in hits if h.id in ref]  # fmt: skip
+    same = np.mean([[h.id for h in a] == [h.id for h in b] for a, b in zip(results["float16"], results["float32"])])
+    print(f"{checkpoint_name} float16: largest ColBERT error {max(errors):.2e}, identical top-10 {same:.3f}")
+    max_error, identical_share = FIDELITY[checkpoint_name]
+    assert len(errors) > 1000 and 0 < max(errors) <= max_error and same >= identical_share
     # local mode applies no quantization: int8 scores what float16 stores (a server scores its int8 copy)
     for a, b in zip(results["int8"], results["float16"]):
         assert_same_hits(a, b, rtol=1e-6)
