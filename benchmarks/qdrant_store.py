@@ -11,9 +11,10 @@
    200 ColBERT vectors, 100 sparse weights, a 1 KB text), the files of the shard's segments
    (allocated blocks, write-ahead log excluded) per document, for each option.
 3. **Local mode** (qdrant-client, pure Python -- not a server figure): bytes per document of a
-   ``path=`` collection (qdrant-client pickles each point into SQLite), and search latency with
-   the tiny checkpoint (median ms per query, 100 candidates) for both ``scoring`` choices; and the
-   ColBERT step alone at BGE-M3's width (restricted MAX_SIM query vs fetching the vectors).
+   ``path=`` collection (qdrant-client pickles each point into SQLite); search latency with the
+   tiny checkpoint (median ms per query, 100 candidates per mode) next to ``M3Index``; the first
+   stage + candidate scores per ``scoring`` choice at 500 and 5,000 documents (32-d, synthetic);
+   and the ColBERT step alone at BGE-M3's width (restricted MAX_SIM query vs fetching the vectors).
 
 Run from the repository root: ``python benchmarks/qdrant_store.py`` (a few minutes on 2 cores).
 Writes ``benchmarks/results/qdrant_store.json``.
@@ -34,8 +35,10 @@ from _common import loadavg, write_result
 from qdrant_client import QdrantClient
 from qdrant_client import models as qm
 
-from m3_rag import M3Embedder, M3Index, QdrantStore
+from m3_rag import M3Embedder, M3Index, M3Output, QdrantStore
+from m3_rag.retrieval import QueryBatch, SearchRequest
 from m3_rag.scoring import hybrid_scores
+from m3_rag.sparse import SparseVector
 
 ROOT = Path(__file__).resolve().parent.parent
 WORDS = (ROOT / "scripts" / "tiny_corpus.txt").read_text(encoding="utf-8").split()
@@ -178,6 +181,42 @@ def engine_bytes() -> dict[str, float]:
     }
 
 
+def _fake_encodings(n: int, rng: np.random.Generator, tokens: int, dim: int = 32, vocab: int = 450) -> M3Output:
+    def unit(*shape: int) -> np.ndarray:
+        x = rng.standard_normal(shape).astype(np.float32)
+        return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+    sparse = [
+        SparseVector.from_arrays(np.sort(rng.choice(np.arange(4, vocab), 20, replace=False)), rng.random(20))
+        for _ in range(n)
+    ]
+    return M3Output(dense=unit(n, dim), sparse=sparse, colbert=[unit(tokens, dim) for _ in range(n)])
+
+
+def scoring_choice(model: M3Embedder, repeats: int = 3) -> dict[str, dict[str, float]]:
+    """ms per query of ``_candidates`` (first stage + candidate scores), 8 queries, 100 candidates per mode."""
+    rng = np.random.default_rng(5)
+    q = _fake_encodings(8, rng, tokens=10)
+    batch = QueryBatch(q.dense, q.sparse, q.colbert)  # type: ignore[arg-type]
+    request = SearchRequest.make(k=10, candidates=100, first_stage=("dense", "sparse"), weights=(1, 1, 1), filter=None)
+    out = {}
+    for n in (500, 5000):
+        docs = _fake_encodings(n, rng, tokens=50)
+        stores = {s: QdrantStore(model, location=":memory:", scoring=s) for s in ("client", "engine")}  # type: ignore[arg-type]
+        for store in stores.values():
+            store.add_encoded([f"t{i}" for i in range(n)], docs, ids=[f"p{i}" for i in range(n)])
+        times: dict[str, list[float]] = {s: [] for s in stores}
+        for _ in range(repeats):  # alternated
+            for name, store in stores.items():
+                start = time.perf_counter()
+                store._candidates(batch, request)
+                times[name].append((time.perf_counter() - start) / len(q) * 1000)
+        out[str(n)] = {name: statistics.median(v) for name, v in times.items()}
+        for store in stores.values():
+            store.close()
+    return out
+
+
 def local_mode(repeats: int = 5) -> dict[str, Any]:
     model = M3Embedder.from_pretrained(ROOT / "tests" / "data" / "tiny-m3", device="cpu")
     docs, queries = texts(500, (20, 60), 3), texts(20, (2, 8), 4)
@@ -190,20 +229,20 @@ def local_mode(repeats: int = 5) -> dict[str, Any]:
             with QdrantStore(model, path=path, colbert_dtype=dtype) as store:  # type: ignore[arg-type]
                 store.add_encoded(docs, encoded, ids=ids)
             out["bytes_per_document"][str(dtype)] = folder_bytes(path) / len(docs)
-        index = M3Index(model, colbert_dtype="float16")
-        index.add_encoded(docs, encoded, ids=ids)
-        stores = {"m3index": index}
-        for scoring in ("client", "engine"):
-            stores[f"qdrant-{scoring}"] = QdrantStore(model, location=":memory:", scoring=scoring)  # type: ignore[arg-type]
-            stores[f"qdrant-{scoring}"].add_encoded(docs, encoded, ids=ids)
-        for name, store in stores.items():
-            store.search_batch(queries[:2])
-            times = []
-            for _ in range(repeats):
-                start = time.perf_counter()
-                store.search_batch(queries, k=10, candidates=100)
-                times.append((time.perf_counter() - start) / len(queries) * 1000)
-            out["search_ms"][name] = statistics.median(times)
+    index = M3Index(model, colbert_dtype="float16")
+    index.add_encoded(docs, encoded, ids=ids)
+    qdrant = QdrantStore(model, location=":memory:")
+    qdrant.add_encoded(docs, encoded, ids=ids)
+    for name, searched in (("m3index", index), ("qdrant", qdrant)):
+        searched.search_batch(queries[:2])
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            searched.search_batch(queries, k=10, candidates=100)
+            times.append((time.perf_counter() - start) / len(queries) * 1000)
+        out["search_ms"][name] = statistics.median(times)
+    qdrant.close()
+    out["candidates_ms_by_scoring"] = scoring_choice(model)
     # the ColBERT step alone at BGE-M3's width: 300 points of 100 vectors, 100 candidates, 32 query vectors
     rng = np.random.default_rng(1)
     client = QdrantClient(":memory:")
@@ -214,17 +253,24 @@ def local_mode(repeats: int = 5) -> dict[str, Any]:
     points = synthetic_points(300, rng, tokens=100)
     client.upsert("c", [qm.PointStruct(id=i, vector={"colbert": p["colbert"].tolist()}) for i, p in enumerate(points)])
     query, chosen = points[0]["colbert"][:32].tolist(), list(range(0, 300, 3))
-    start = time.perf_counter()
-    client.query_points(
-        "c", query=query, using="colbert", limit=100, query_filter=qm.Filter(must=[qm.HasIdCondition(has_id=chosen)])
-    )
-    engine = time.perf_counter() - start
-    start = time.perf_counter()
-    fetched = client.retrieve("c", chosen, with_vectors=True)
-    _ = [(np.asarray(query) @ np.asarray(p.vector["colbert"], np.float32).T).max(1).sum() for p in fetched]
+    engine, fetch = [], []
+    for _ in range(3):
+        start = time.perf_counter()
+        client.query_points(
+            "c",
+            query=query,
+            using="colbert",
+            limit=100,
+            query_filter=qm.Filter(must=[qm.HasIdCondition(has_id=chosen)]),
+        )
+        engine.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        fetched = client.retrieve("c", chosen, with_vectors=True)
+        _ = [(np.asarray(query) @ np.asarray(p.vector["colbert"], np.float32).T).max(1).sum() for p in fetched]
+        fetch.append(time.perf_counter() - start)
     out["colbert_step_1024d_s"] = {
-        "engine_restricted_query": engine,
-        "client_fetch_and_score": time.perf_counter() - start,
+        "engine_restricted_query": statistics.median(engine),
+        "client_fetch_and_score": statistics.median(fetch),
     }
     client.close()
     return out

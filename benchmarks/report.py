@@ -119,19 +119,19 @@ def _qdrant_rows(result: dict[str, Any]) -> list[str]:
         rows.append(f"| QdrantStore ColBERT fidelity vs exact float32 (engine, {checkpoint}, 200 queries) | {where} "
                     f"| {date} | {figures} | — | — | {cmd} |")  # fmt: skip
     local = result["local_mode"]
-    ms = local["search_ms"]
-    rows.append(
-        f"| QdrantStore search in **local mode** (qdrant-client in-process, pure Python: not a server figure), "
-        f"{local['documents']} docs, tiny checkpoint, k=10, 100 candidates | {where} | {date} | scoring=client "
-        f"{ms['qdrant-client']:.0f} ms, scoring=engine {ms['qdrant-engine']:.0f} ms per query (M3Index "
-        f"{ms['m3index']:.0f} ms) | — | — | {cmd} |"
-    )
+    ms, by = local["search_ms"], local["candidates_ms_by_scoring"]
+    choice = "; ".join(f"{n} docs: client {v['client']:.0f} ms, engine {v['engine']:.0f} ms" for n, v in by.items())
     step = local["colbert_step_1024d_s"]
-    rows.append(
-        f"| ColBERT step alone in **local mode** at 1024-d (300 points of 100 vectors, 100 candidates) | {where} "
+    rows += [
+        f"| QdrantStore search in **local mode** (qdrant-client in-process, pure Python: not a server figure), "
+        f"{local['documents']} docs, tiny checkpoint, k=10, 100 candidates/mode | {where} | {date} | "
+        f"{ms['qdrant']:.0f} ms per query (M3Index {ms['m3index']:.0f} ms) | — | — | {cmd} |",
+        f"| **local mode**: first stage + candidate scores per query by `scoring` (32-d, 50 vectors per doc) | "
+        f"{where} | {date} | {choice} | — | — | {cmd} |",
+        f"| **local mode**: the ColBERT step alone at 1024-d (300 points of 100 vectors, 100 candidates) | {where} "
         f"| {date} | restricted MAX_SIM query {step['engine_restricted_query']:.2f} s; fetch + score "
-        f"{step['client_fetch_and_score']:.2f} s | — | — | {cmd} |"
-    )
+        f"{step['client_fetch_and_score']:.2f} s | — | — | {cmd} |",
+    ]
     return rows
 
 

@@ -42,7 +42,8 @@ def make(embedder: M3Embedder):
     def factory(**kwargs) -> QdrantStore:
         if not {"location", "path", "url", "client"} & set(kwargs):
             kwargs["location"] = ":memory:"
-        store = QdrantStore(kwargs.pop("embedder", embedder), collection=kwargs.pop("collection", next(_names)), **kwargs)
+        model, name = kwargs.pop("embedder", embedder), kwargs.pop("collection", next(_names))
+        store = QdrantStore(model, collection=name, **kwargs)
         made.append(store)
         return store
 
@@ -133,6 +134,22 @@ def test_engine_and_client_scoring_agree(stores) -> None:
         client = stores[f"{dtype}-client"].search_batch(QUERIES, k=len(CORPUS), candidates=4)
         for a, b in zip(engine, client):
             assert_same_hits(a, b, rtol=1e-5)
+
+
+def test_auto_scoring_picks_by_collection_size(make, monkeypatch) -> None:
+    from m3_rag.index import qdrant_search
+
+    store = make(colbert_dtype="float32")
+    assert store.scoring == "auto"
+    store.add(CORPUS, ids=IDS)
+    used: list[str] = []
+    for name in ("_score_client", "_score_engine"):
+        original = getattr(qdrant_search, name)
+        monkeypatch.setattr(qdrant_search, name, lambda *a, _o=original, _n=name: used.append(_n) or _o(*a))
+    first = store.search("capital", k=3, candidates=2)  # 12 points, <= 10 per candidate: the engine scores
+    monkeypatch.setattr(qdrant_search, "LOCAL_ENGINE_POINTS_PER_CANDIDATE", 0)
+    assert_same_hits(store.search("capital", k=3, candidates=2), first, rtol=1e-5)  # fetched, scored here
+    assert used == ["_score_engine", "_score_client"]
 
 
 def test_full_candidates_equal_exhaustive_scoring(stores, embedder) -> None:

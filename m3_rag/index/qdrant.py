@@ -18,11 +18,15 @@ scored is ``scoring``:
   sums over the query vectors; BGE-M3 averages, so the score is divided by their number.
 - ``"client"``: the candidates' vectors are fetched with their points and scored here.
 
-``"auto"`` (the default) is ``"engine"`` with a server and ``"client"`` in local mode. Measured
-(``benchmarks/qdrant_store.py``): a server would send every candidate's ColBERT vectors, ~40 MB
-per query for 100 candidates of 200 tokens at 1024 dims in float16, against a few KB of scores;
-qdrant-client's local mode, pure Python, scores a restricted query against the whole collection
-and masks afterwards, so there fetching the candidates' vectors is faster at every size tried.
+``"auto"`` (the default) is ``"engine"`` with a server: otherwise every candidate's ColBERT
+vectors would cross the network, ~40 MB per query for 100 candidates of 200 tokens at 1024 dims
+in float16, against a few KB of scores. In local mode (pure Python) the engine scores a
+restricted query against every point of the collection and masks afterwards, while fetching
+costs per candidate (each vector becomes Python floats); measured (``benchmarks/qdrant_store.py``,
+first stage + scores per query, tiny checkpoint): engine 50 ms vs client 63 ms at 500 documents,
+441 ms vs 170 ms at 5,000; at 1024 dims, 300 points: 0.5 s vs 3.1 s for the ColBERT step. So
+``"auto"`` in local mode picks the engine while the collection holds at most 10 points per
+candidate to score, and fetches above that.
 
 ColBERT storage (``colbert_dtype``): ``"float32"``; ``"float16"`` (the default; Qdrant's
 ``Datatype.FLOAT16``); ``"int8"``: float16 vectors plus Qdrant's int8 scalar quantization kept
@@ -66,18 +70,17 @@ from tqdm.auto import tqdm
 
 from ..colbert_codec import ColbertDtype
 from ..encoder import M3Embedder
-from ..errors import IndexFormatError, ModelMismatchError
 from ..output import M3Output
 from ..records import Record, check_ids, check_metadatas, check_texts
 from ..retrieval import Candidates, HybridStore, QueryBatch, SearchRequest
 from ..sparse import SparseVector
 from .qdrant_filter import FILTER_FIELD, filter_view
+from .qdrant_schema import create_collection, open_collection
 from .qdrant_search import check_output, find_candidates
 
 __all__ = ["QdrantStore", "point_id", "qdrant_location", "recorded_model"]
 
 _INSTALL = 'pip install "m3-rag[qdrant]"'
-_FORMAT = 1
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,254}$")
 _SERVER = re.compile(r"^(https?|grpc)://", re.IGNORECASE)
 _ID_NAMESPACE = uuid.UUID("5b0c6f0e-9a43-5d8e-a1f4-6d332d2b6a51")  # fixed: ids must map the same forever
@@ -195,9 +198,7 @@ class QdrantStore(HybridStore):
                 kwargs.setdefault("timeout", int(max(1, round(timeout))))
                 kwargs.setdefault("check_compatibility", False)  # the first request below says if it is reachable
             self.client = qc.QdrantClient(**{k: v for k, v in kwargs.items() if v is not None})
-        self.scoring: Literal["engine", "client"] = (
-            ("client" if self.local else "engine") if scoring == "auto" else scoring
-        )
+        self.scoring: Scoring = scoring
         try:
             self.colbert_dtype: ColbertDtype | None = self._open_collection(colbert_dtype)
         except BaseException:
@@ -215,70 +216,11 @@ class QdrantStore(HybridStore):
             ) from exc
 
     def _open_collection(self, colbert_dtype: ColbertDtype | Literal["auto"] | None) -> ColbertDtype | None:
-        m, emb = _qdrant().models, self.embedder
         if not self._exists():
             dtype: ColbertDtype | None = "float16" if colbert_dtype == "auto" else colbert_dtype
-            vectors = {"dense": m.VectorParams(size=emb.dim, distance=m.Distance.DOT)}
-            if dtype is not None:
-                vectors["colbert"] = m.VectorParams(
-                    size=emb.colbert_dim,
-                    distance=m.Distance.DOT,
-                    multivector_config=m.MultiVectorConfig(comparator=m.MultiVectorComparator.MAX_SIM),
-                    datatype=m.Datatype.FLOAT32 if dtype == "float32" else m.Datatype.FLOAT16,
-                    on_disk=self.on_disk,
-                    hnsw_config=m.HnswConfigDiff(m=0),  # never searched by ColBERT: no graph to build
-                    quantization_config=m.ScalarQuantization(
-                        scalar=m.ScalarQuantizationConfig(type=m.ScalarType.INT8, always_ram=True)
-                    )
-                    if dtype == "int8"
-                    else None,
-                )
-            made = {
-                "format": _FORMAT,
-                "model": emb.name,
-                "fingerprint": emb.fingerprint,
-                "dim": emb.dim,
-                "colbert_dim": emb.colbert_dim,
-                "vocab_size": emb.vocab_size,
-                "colbert_dtype": dtype or "none",
-            }
-            self.client.create_collection(
-                self.collection,
-                vectors_config=vectors,
-                sparse_vectors_config={"sparse": m.SparseVectorParams()},
-                metadata={"m3_rag": made},
-            )
-        info = self.client.get_collection(self.collection)
-        record = (info.config.metadata or {}).get("m3_rag")
-        where = f"collection {self.collection!r} at {self.where}"
-        vectors = info.config.params.vectors
-        dense = vectors.get("dense") if isinstance(vectors, Mapping) else None
-        if (
-            not isinstance(record, Mapping)
-            or dense is None
-            or "sparse" not in (info.config.params.sparse_vectors or {})
-        ):
-            raise IndexFormatError(
-                f"{where} is not an m3-rag collection (no m3_rag metadata, or no dense/sparse vectors; collection "
-                "metadata needs Qdrant >= 1.16); pass another collection name"
-            )
-        if record.get("format") != _FORMAT:
-            raise IndexFormatError(f"{where} has m3-rag format {record.get('format')!r}; this version reads {_FORMAT}")
-        accepted = {emb.fingerprint, getattr(emb, "legacy_fingerprint", emb.fingerprint)}
-        if record.get("fingerprint") not in accepted or dense.size != emb.dim:
-            raise ModelMismatchError(
-                where, f"{record.get('model', '?')} (dense dim {dense.size})", f"{emb.name} (dim {emb.dim})"
-            )
-        stored = record.get("colbert_dtype")
-        if stored not in ("float32", "float16", "int8", "none") or (stored != "none") != ("colbert" in vectors):
-            raise IndexFormatError(f"{where} records ColBERT storage {stored!r} that its vectors do not match")
-        found: ColbertDtype | None = None if stored == "none" else stored
-        if colbert_dtype != "auto" and colbert_dtype != found:
-            raise ValueError(
-                f"{where} stores ColBERT vectors as {stored!r}, not {colbert_dtype or 'none'!r}: pass "
-                "colbert_dtype='auto' (or the collection's), or use another collection"
-            )
-        return found
+            models = _qdrant().models
+            create_collection(self.client, models, self.collection, self.embedder, dtype, on_disk=self.on_disk)
+        return open_collection(self.client, self.collection, self.where, self.embedder, colbert_dtype)
 
     # ------------------------------------------------------------------ basics
     def __len__(self) -> int:

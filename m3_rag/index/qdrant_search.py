@@ -32,6 +32,9 @@ if TYPE_CHECKING:
 __all__ = ["check_output", "find_candidates"]
 
 _FETCH = 1000  # points per retrieve request
+#: local mode, ``scoring="auto"``: engine scoring while the collection holds at most this many points
+#: per candidate (it scores every point; fetching costs per candidate: benchmarks/qdrant_store.py)
+LOCAL_ENGINE_POINTS_PER_CANDIDATE = 10
 Hit = tuple[str, float, Any]  # (point id, first-stage score, metadata or None)
 
 
@@ -132,7 +135,12 @@ def find_candidates(store: QdrantStore, queries: QueryBatch, request: SearchRequ
             ]
             ids.extend(ok[:want])
         picked.append(list(dict.fromkeys(ids)))
-    if store.scoring == "client":
+    scoring = store.scoring
+    if scoring == "auto":  # a server: always the engine (only scores cross the network)
+        union = len({p for ids in picked for p in ids})
+        small = len(store) <= LOCAL_ENGINE_POINTS_PER_CANDIDATE * union
+        scoring = "engine" if not store.local or small else "client"
+    if scoring == "client":
         return _score_client(store, queries, picked)
     return _score_engine(store, queries, picked)
 
