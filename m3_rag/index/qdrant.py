@@ -30,8 +30,8 @@ candidate to score, and fetches above that.
 
 ColBERT storage (``colbert_dtype``): ``"float32"``; ``"float16"`` (the default; Qdrant's
 ``Datatype.FLOAT16``); ``"int8"``: float16 vectors plus Qdrant's int8 scalar quantization kept
-in RAM, which the engine scores with (``rescore=False``; put the float16 originals on disk with
-``on_disk=True``); ``None``: no ColBERT vectors (the candidates are re-encoded at query time).
+in RAM, which the engine scores with (``rescore=False``; points its optimizer has not indexed
+yet are scored from float16; put the float16 originals on disk with ``on_disk=True``); ``None``: no ColBERT vectors (the candidates are re-encoded at query time).
 Local mode applies neither datatypes nor quantization, so the store rounds vectors to float16
 itself -- and the ColBERT query too, as the server does -- so that local mode computes what a
 server computes; int8's quantization exists only on a server (see ``benchmarks/README.md``).
