@@ -233,7 +233,7 @@ def local_mode(repeats: int = 5) -> dict[str, Any]:
     index.add_encoded(docs, encoded, ids=ids)
     qdrant = QdrantStore(model, location=":memory:")
     qdrant.add_encoded(docs, encoded, ids=ids)
-    for name, searched in (("m3index", index), ("qdrant", qdrant)):
+    for name, searched in (("m3index", index), ("qdrant_auto", qdrant)):
         searched.search_batch(queries[:2])
         times = []
         for _ in range(repeats):

@@ -125,7 +125,7 @@ def _qdrant_rows(result: dict[str, Any]) -> list[str]:
     rows += [
         f"| QdrantStore search in **local mode** (qdrant-client in-process, pure Python: not a server figure), "
         f"{local['documents']} docs, tiny checkpoint, k=10, 100 candidates/mode | {where} | {date} | "
-        f"{ms['qdrant']:.0f} ms per query (M3Index {ms['m3index']:.0f} ms) | — | — | {cmd} |",
+        f"{ms['qdrant_auto']:.0f} ms per query, scoring=auto (M3Index {ms['m3index']:.0f} ms) | — | — | {cmd} |",
         f"| **local mode**: first stage + candidate scores per query by `scoring` (32-d, 50 vectors per doc) | "
         f"{where} | {date} | {choice} | — | — | {cmd} |",
         f"| **local mode**: the ColBERT step alone at 1024-d (300 points of 100 vectors, 100 candidates) | {where} "

@@ -146,9 +146,9 @@ def test_auto_scoring_picks_by_collection_size(make, monkeypatch) -> None:
     for name in ("_score_client", "_score_engine"):
         original = getattr(qdrant_search, name)
         monkeypatch.setattr(qdrant_search, name, lambda *a, _o=original, _n=name: used.append(_n) or _o(*a))
-    first = store.search("capital", k=3, candidates=2)  # 12 points, <= 10 per candidate: the engine scores
-    monkeypatch.setattr(qdrant_search, "LOCAL_ENGINE_POINTS_PER_CANDIDATE", 0)
-    assert_same_hits(store.search("capital", k=3, candidates=2), first, rtol=1e-5)  # fetched, scored here
+    first = store.search("capital", k=3, candidates=4)  # 12 points: cheaper to score in the engine
+    monkeypatch.setattr(qdrant_search, "engine_is_cheaper", lambda *args: False)
+    assert_same_hits(store.search("capital", k=3, candidates=4), first, rtol=1e-5)  # fetched, scored here
     assert used == ["_score_engine", "_score_client"]
 
 

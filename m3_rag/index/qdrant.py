@@ -21,17 +21,18 @@ scored is ``scoring``:
 ``"auto"`` (the default) is ``"engine"`` with a server: otherwise every candidate's ColBERT
 vectors would cross the network, ~40 MB per query for 100 candidates of 200 tokens at 1024 dims
 in float16, against a few KB of scores. In local mode (pure Python) the engine scores a
-restricted query against every point of the collection and masks afterwards, while fetching
-costs per candidate (each vector becomes Python floats); measured (``benchmarks/qdrant_store.py``,
-first stage + scores per query, tiny checkpoint): engine 50 ms vs client 63 ms at 500 documents,
-441 ms vs 170 ms at 5,000; at 1024 dims, 300 points: 0.5 s vs 3.1 s for the ColBERT step. So
-``"auto"`` in local mode picks the engine while the collection holds at most 10 points per
-candidate to score, and fetches above that.
+restricted query against every point of the collection and masks afterwards, while a fetch costs
+per candidate (each vector becomes Python floats). Measured (``benchmarks/qdrant_store.py``):
+at 1024 dims and 300 points the ColBERT step takes 0.08 s by the engine and 0.96 s fetched; with
+the tiny checkpoint (32 dims) fetching wins from a few hundred points on (133 vs 349 ms per query
+at 5,000). So ``"auto"`` in local mode picks by a cost model with those constants
+(:func:`~m3_rag.index.qdrant_search.engine_is_cheaper`); the scores are the same either way.
 
 ColBERT storage (``colbert_dtype``): ``"float32"``; ``"float16"`` (the default; Qdrant's
 ``Datatype.FLOAT16``); ``"int8"``: float16 vectors plus Qdrant's int8 scalar quantization kept
 in RAM, which the engine scores with (``rescore=False``; points its optimizer has not indexed
-yet are scored from float16; put the float16 originals on disk with ``on_disk=True``); ``None``: no ColBERT vectors (the candidates are re-encoded at query time).
+yet are scored from float16; put the float16 originals on disk with ``on_disk=True``);
+``None``: no ColBERT vectors (the candidates are re-encoded at query time).
 Local mode applies neither datatypes nor quantization, so the store rounds vectors to float16
 itself -- and the ColBERT query too, as the server does -- so that local mode computes what a
 server computes; int8's quantization exists only on a server (see ``benchmarks/README.md``).
@@ -82,7 +83,7 @@ __all__ = ["QdrantStore", "point_id", "qdrant_location", "recorded_model"]
 
 _INSTALL = 'pip install "m3-rag[qdrant]"'
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,254}$")
-_SERVER = re.compile(r"^(https?|grpc)://", re.IGNORECASE)
+_SERVER = re.compile(r"^https?://", re.IGNORECASE)
 _ID_NAMESPACE = uuid.UUID("5b0c6f0e-9a43-5d8e-a1f4-6d332d2b6a51")  # fixed: ids must map the same forever
 _MAX_FLOATS = 1 << 21  # numbers per upsert request (~20 MB of JSON; Qdrant's default request limit is 32 MB)
 Scoring = Literal["auto", "engine", "client"]

@@ -29,12 +29,28 @@ if TYPE_CHECKING:
     from ..encoder import M3Embedder
     from .qdrant import QdrantStore
 
-__all__ = ["check_output", "find_candidates"]
+__all__ = ["check_output", "engine_is_cheaper", "find_candidates"]
 
 _FETCH = 1000  # points per retrieve request
-#: local mode, ``scoring="auto"``: engine scoring while the collection holds at most this many points
-#: per candidate (it scores every point; fetching costs per candidate: benchmarks/qdrant_store.py)
-LOCAL_ENGINE_POINTS_PER_CANDIDATE = 10
+_TOKENS = 100  # ColBERT vectors per passage assumed by the cost model below
+
+
+def engine_is_cheaper(points: int, queries: int, union: int, dim: int, colbert_dim: int, query_vectors: float) -> bool:
+    """Local mode, ``scoring="auto"``: is scoring by the engine cheaper than fetching the vectors?
+
+    qdrant-client's local engine scores a restricted query against every point of the collection
+    (~40 us per point and query in Python, plus the MAX_SIM product at ~25 GFLOP/s); a fetch costs
+    ~100 ns per stored number of each distinct candidate (it becomes a Python float). Constants
+    measured with ``benchmarks/qdrant_store.py`` (32-d and 1024-d, 300 to 5,000 points).
+
+    >>> engine_is_cheaper(300, 1, 100, 1024, 1024, 32), engine_is_cheaper(20_000, 1, 100, 1024, 1024, 32)
+    (True, False)
+    """
+    engine = points * queries * (40e-6 + _TOKENS * query_vectors * colbert_dim * 2 / 25e9)
+    client = union * (dim + _TOKENS * colbert_dim) * 1e-7
+    return engine <= client
+
+
 Hit = tuple[str, float, Any]  # (point id, first-stage score, metadata or None)
 
 
@@ -136,10 +152,16 @@ def find_candidates(store: QdrantStore, queries: QueryBatch, request: SearchRequ
             ids.extend(ok[:want])
         picked.append(list(dict.fromkeys(ids)))
     scoring = store.scoring
-    if scoring == "auto":  # a server: always the engine (only scores cross the network)
+    if scoring == "auto" and not store.local:
+        scoring = "engine"  # only scores cross the network
+    elif scoring == "auto":
         union = len({p for ids in picked for p in ids})
-        small = len(store) <= LOCAL_ENGINE_POINTS_PER_CANDIDATE * union
-        scoring = "engine" if not store.local or small else "client"
+        emb, colbert = store.embedder, store.colbert_dtype is not None
+        lq = float(np.mean([len(c) for c in queries.colbert]))
+        cheaper = engine_is_cheaper(
+            len(store), len(queries), union, emb.dim, emb.colbert_dim or 0 if colbert else 0, lq
+        )
+        scoring = "engine" if cheaper else "client"
     if scoring == "client":
         return _score_client(store, queries, picked)
     return _score_engine(store, queries, picked)
