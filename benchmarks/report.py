@@ -166,6 +166,42 @@ def _layout_rows(result: dict[str, Any]) -> list[str]:
     ]
 
 
+def _qdrant_rows(result: dict[str, Any]) -> list[str]:
+    where = f"{_machine(result)}, load {result['load_before'][0]:.1f}→{result['load_after'][0]:.1f}"
+    date, cmd = result["date"][:10], "`python benchmarks/qdrant_store.py`"
+    rows = []
+    if (size := result.get("engine_bytes_per_document_bge_m3")) is not None:
+        kb = {k: f"{v / 1000:,.0f} KB" for k, v in size.items()}
+        rows.append(
+            f"| QdrantStore bytes per document in the engine (qdrant-edge; BGE-M3 sizes: 200 ColBERT vectors "
+            f"of 1024-d, 1 KB text) | {where} | {date} | float32 {kb['float32']}; float16 {kb['float16']}; int8 "
+            f"{kb['int8']} (float16 originals + int8 copy in RAM); no ColBERT {kb['None']} | — | — | {cmd} |"
+        )
+    for checkpoint, options in (result.get("engine_fidelity") or {}).items():
+        figures = "; ".join(
+            f"{k}: largest ColBERT error {v['max_abs_colbert_error']:.1e}, top-10 identical {v['top10_identical']:.1%}"
+            for k, v in options.items()
+            if k != "float32"
+        )
+        rows.append(f"| QdrantStore ColBERT fidelity vs exact float32 (engine, {checkpoint}, 200 queries) | {where} "
+                    f"| {date} | {figures} | — | — | {cmd} |")  # fmt: skip
+    local = result["local_mode"]
+    ms, by = local["search_ms"], local["candidates_ms_by_scoring"]
+    choice = "; ".join(f"{n} docs: client {v['client']:.0f} ms, engine {v['engine']:.0f} ms" for n, v in by.items())
+    step = local["colbert_step_1024d_s"]
+    rows += [
+        f"| QdrantStore search in **local mode** (qdrant-client in-process, pure Python: not a server figure), "
+        f"{local['documents']} docs, tiny checkpoint, k=10, 100 candidates/mode | {where} | {date} | "
+        f"{ms['qdrant_auto']:.0f} ms per query, scoring=auto (M3Index {ms['m3index']:.0f} ms) | — | — | {cmd} |",
+        f"| **local mode**: first stage + candidate scores per query by `scoring` (32-d, 50 vectors per doc) | "
+        f"{where} | {date} | {choice} | — | — | {cmd} |",
+        f"| **local mode**: the ColBERT step alone at 1024-d (300 points of 100 vectors, 100 candidates) | {where} "
+        f"| {date} | restricted MAX_SIM query {step['engine_restricted_query']:.2f} s; fetch + score "
+        f"{step['client_fetch_and_score']:.2f} s | — | — | {cmd} |",
+    ]
+    return rows
+
+
 def table() -> str:
     lines = [
         "| figure | machine | date | m3-rag | FlagEmbedding 1.4.2 | ratio | reproduce |",
@@ -188,6 +224,8 @@ def table() -> str:
         lines += _fidelity_rows(fidelity)
     if (layout := _load("encoding_store_layout")) is not None:
         lines += _layout_rows(layout)
+    if (qdrant := _load("qdrant_store")) is not None:
+        lines += _qdrant_rows(qdrant)
     return "\n".join(lines)
 
 

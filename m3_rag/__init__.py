@@ -12,7 +12,7 @@ from .encoder import DEFAULT_MODEL, M3Embedder
 from .encoding_entries import PackedEncodings, StoredEncoding
 from .encoding_store import EncodingStore, EncodingStoreStats
 from .errors import CheckpointError, IndexFormatError, MissingHeadError
-from .index import M3Index, MilvusStore, Record
+from .index import M3Index, MilvusStore, QdrantStore, Record
 from .output import EncodedBatch, M3Output
 from .ranking import SearchHit
 from .rerank import RankedText, rerank_texts
@@ -34,6 +34,7 @@ __all__ = [
     "MilvusStore",
     "MissingHeadError",
     "PackedEncodings",
+    "QdrantStore",
     "RankedText",
     "Record",
     "SearchHit",

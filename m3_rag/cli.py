@@ -4,6 +4,7 @@
     m3-rag search "What is hybrid search?" --index ./m3-index -k 3
     m3-rag info --index ./m3-index
     m3-rag index docs/ --index docs --milvus ./m3.db      # Milvus: --index names the collection
+    m3-rag index docs/ --index docs --qdrant ./qdrant     # Qdrant (a local folder or http(s)://host:6333)
 
 The model comes from ``--model``, else ``$M3_RAG_MODEL``, else the index's own model, else
 ``BAAI/bge-m3``. Errors are one line on stderr and a non-zero exit status; output cut short by a
@@ -36,6 +37,7 @@ __all__ = ["main"]
 
 ENV_MODEL = "M3_RAG_MODEL"
 MILVUS_HELP = "store in Milvus instead: a .db file (milvus-lite) or http(s)://host:19530; --index names the collection"
+QDRANT_HELP = "store in Qdrant instead: a folder (local mode) or http(s)://host:6333; --index names the collection"
 
 
 def _model_name(args: argparse.Namespace, recorded: str | None) -> str:
@@ -55,7 +57,19 @@ def _load_model(args: argparse.Namespace, recorded: str | None) -> M3Embedder:
 
 
 def _open_store(args: argparse.Namespace, *, create: bool) -> Any:
-    """The store to use: Milvus (``--milvus URI``, ``--index`` names the collection) or an index folder."""
+    """The store to use: Milvus / Qdrant (``--milvus`` / ``--qdrant``, ``--index`` names the collection) or a folder."""
+    if args.milvus and getattr(args, "qdrant", None):
+        raise CliError("give --milvus or --qdrant, not both")
+    if getattr(args, "qdrant", None):
+        from .index import qdrant
+
+        known = qdrant.recorded_model(args.qdrant, args.index)
+        if known is None and not create:
+            raise CliError(f"{args.qdrant} has no collection {args.index!r}; create one with `m3-rag index --qdrant`")
+        asked = getattr(args, "colbert_dtype", "float16")
+        colbert: Any = (None if asked == "none" else asked) if known is None else "auto"
+        where: dict[str, Any] = qdrant.qdrant_location(args.qdrant)
+        return qdrant.QdrantStore(_load_model(args, known), **where, collection=args.index, colbert_dtype=colbert)
     if args.milvus:
         from .index.milvus import MilvusStore, recorded_model
 
@@ -105,7 +119,8 @@ def cmd_index(args: argparse.Namespace) -> int:
     if args.verbose:
         for note in scan.notes:
             print(f"m3-rag: {note}", file=sys.stderr)
-    where = f"{args.milvus} collection {args.index}" if args.milvus else args.index
+    backend = args.milvus or args.qdrant
+    where = f"{backend} collection {args.index}" if backend else args.index
     print(f"{summary}; {where} holds {len(store)} chunk(s)")
     return 0
 
@@ -172,10 +187,13 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    if args.milvus:
+    if args.milvus or args.qdrant:
         args.quiet = True
         store = _open_store(args, create=False)
-        info_milvus = {"uri": args.milvus, "collection": args.index, "model": store.embedder.name, "chunks": len(store)}
+        info_milvus = {"uri": args.milvus or args.qdrant, "collection": args.index, "model": store.embedder.name}
+        info_milvus["chunks"] = len(store)
+        if args.qdrant:
+            info_milvus["colbert_storage"] = store.colbert_dtype or "none"
         lines = "\n".join(f"{k:18} {v}" for k, v in info_milvus.items())
         print(json.dumps(info_milvus, indent=2) if args.json else lines)
         return 0
@@ -223,6 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("paths", nargs="+", metavar="PATH")
     p.add_argument("--index", required=True, metavar="DIR", help="index folder (created or updated)")
     p.add_argument("--milvus", metavar="URI", help=MILVUS_HELP)
+    p.add_argument("--qdrant", metavar="PATH_OR_URL", help=QDRANT_HELP)
     p.add_argument("--model", help=model_help)
     p.add_argument("--chunk-tokens", type=int, default=None, help="max tokens per chunk (default 512)")
     p.add_argument("--overlap", type=int, default=64, help="tokens shared by consecutive chunks (default 64)")
@@ -241,6 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("query")
     p.add_argument("--index", required=True, metavar="DIR")
     p.add_argument("--milvus", metavar="URI", help=MILVUS_HELP)
+    p.add_argument("--qdrant", metavar="PATH_OR_URL", help=QDRANT_HELP)
     p.add_argument("--model", help=model_help)
     p.add_argument("-k", type=int, default=5, help="number of hits (default 5)")
     p.add_argument("--candidates", type=int, default=100, help="first-stage candidates per mode (default 100)")
@@ -256,7 +276,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="describe an index")
     p.add_argument("--index", required=True, metavar="DIR")
     p.add_argument("--milvus", metavar="URI", help=MILVUS_HELP)
-    p.add_argument("--model", help="model of a Milvus collection (default: the one it was made with)")
+    p.add_argument("--qdrant", metavar="PATH_OR_URL", help=QDRANT_HELP)
+    p.add_argument("--model", help="model of a Milvus / Qdrant collection (default: the one it was made with)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_info)
     return parser
