@@ -11,7 +11,7 @@ from __future__ import annotations
 from .encoder import DEFAULT_MODEL, M3Embedder
 from .encoding_entries import PackedEncodings, StoredEncoding
 from .encoding_store import EncodingStore, EncodingStoreStats
-from .errors import CheckpointError, IndexFormatError, MissingHeadError
+from .errors import CheckpointError, CheckpointUnavailableError, IndexFormatError, MissingHeadError, ModelMismatchError
 from .index import M3Index, MilvusStore, QdrantStore, Record
 from .output import EncodedBatch, M3Output
 from .ranking import SearchHit
@@ -23,6 +23,7 @@ from .store_encode import encode_with_store, fetch_encodings
 __all__ = [
     "DEFAULT_MODEL",
     "CheckpointError",
+    "CheckpointUnavailableError",
     "EncodedBatch",
     "EncodingStore",
     "EncodingStoreStats",
@@ -33,6 +34,7 @@ __all__ = [
     "M3Output",
     "MilvusStore",
     "MissingHeadError",
+    "ModelMismatchError",
     "PackedEncodings",
     "QdrantStore",
     "RankedText",

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from .errors import CheckpointError
+from .errors import CheckpointError, CheckpointUnavailableError
 
 __all__ = [
     "COLBERT_HEAD",
@@ -41,19 +41,6 @@ _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_m
 #: Seconds the one reachability check of the hub may take, unless ``HF_HUB_ETAG_TIMEOUT`` says otherwise.
 PROBE_TIMEOUT = 5.0
 _TRUE = {"1", "on", "yes", "true"}
-
-
-class CheckpointUnavailableError(CheckpointError):
-    """A hub checkpoint is not in the local cache, and the hub did not answer (or offline mode is on).
-
-    ``problem`` says what failed (endpoint, network error, cache folder) without advice, so that a
-    caller such as the ``m3-rag`` command can add its own hint; ``str(error)`` holds both.
-    """
-
-    def __init__(self, problem: str, hint: str) -> None:
-        super().__init__(f"{problem}. {hint}.")
-        self.problem = problem
-        self.hint = hint
 
 
 def _check_folder(folder: Path) -> Path:

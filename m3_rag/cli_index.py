@@ -24,9 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tqdm.auto import tqdm
-
 from .chunking import chunk_text
+from .progress import tqdm
 
 __all__ = ["SUFFIXES", "FileScan", "collect_files", "index_files"]
 

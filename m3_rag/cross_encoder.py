@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -64,8 +65,28 @@ def load_cross_encoder(model: str | CrossEncoderLike, *, device: str | None = No
     key = f"{model}|{device}"
     with _LOCK:
         if key not in _LOADED:
-            _LOADED[key] = _sentence_transformers().CrossEncoder(str(model), device=device)
+            _LOADED[key] = _load(str(model), device)
         return _LOADED[key]
+
+
+def _load(name: str, device: str | None) -> CrossEncoderLike:
+    """Load with sentence-transformers, failing fast (one line) without network, as BGE-M3 loads do."""
+    from .checkpoint import CheckpointUnavailableError, probe_hub
+
+    st = _sentence_transformers()
+    local = Path(name).is_dir()
+    offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+    reason = None if local or offline else probe_hub(name)
+    try:
+        return st.CrossEncoder(name, device=device, local_files_only=offline or reason is not None)
+    except OSError as exc:
+        if local:
+            raise
+        why = f"cannot reach the Hugging Face hub ({reason})" if reason else "HF_HUB_OFFLINE=1 is set"
+        raise CheckpointUnavailableError(
+            f"{why} to download the cross-encoder {name!r}, and it is not in the cache",
+            "Pass a local folder, or download it once with network access",
+        ) from exc
 
 
 def cross_encoder_scores(

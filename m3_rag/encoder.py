@@ -11,7 +11,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from .checkpoint import resolve_checkpoint
 from .devices import resolve_devices, resolve_dtype
@@ -19,6 +18,7 @@ from .input_batches import HostBatch, Prefetcher, host_batches
 from .model import M3Model, legacy_fingerprint, load_model, model_fingerprint
 from .output import EncodedBatch, M3Output
 from .pair_scores import compute_pair_scores
+from .progress import tqdm
 from .records import check_texts
 from .replicas import Modes, Replica, deal
 from .sparse import SparseVector
@@ -299,7 +299,8 @@ class M3Embedder:
             results.close()
             if truncated:
                 logger.warning(
-                    "%d of %d texts were longer than max_length=%d tokens and were truncated",
+                    "%d of %d texts were longer than max_length=%d tokens and were truncated "
+                    "(split long documents with m3_rag.chunking.chunk_text)",
                     truncated,
                     len(items),
                     max_length,

@@ -2,11 +2,30 @@
 
 from __future__ import annotations
 
-__all__ = ["CheckpointError", "IndexFormatError", "MissingHeadError", "ModelMismatchError"]
+__all__ = [
+    "CheckpointError",
+    "CheckpointUnavailableError",
+    "IndexFormatError",
+    "MissingHeadError",
+    "ModelMismatchError",
+]
 
 
 class CheckpointError(ValueError):
     """A folder or hub repository is not a usable BGE-M3 checkpoint."""
+
+
+class CheckpointUnavailableError(CheckpointError):
+    """A hub checkpoint is not in the local cache, and the hub did not answer (or offline mode is on).
+
+    ``problem`` says what failed (endpoint, network error, cache folder) without advice, so that a
+    caller such as the ``m3-rag`` command can add its own hint; ``str(error)`` holds both.
+    """
+
+    def __init__(self, problem: str, hint: str) -> None:
+        super().__init__(f"{problem}. {hint}.")
+        self.problem = problem
+        self.hint = hint
 
 
 class MissingHeadError(CheckpointError):

@@ -159,3 +159,24 @@ def test_milvus_store_takes_the_final_stage(index, cross_encoder, tmp_path) -> N
     assert [h.id for h in got] == [h.id for h in expected]
     assert [h.score for h in got] == pytest.approx([h.score for h in expected], rel=1e-5)
     store.close()
+
+
+def test_an_unreachable_hub_fails_fast_in_one_line(tmp_path) -> None:
+    """No network: one probe of the hub, then the cache; a one-line error when the model is not there."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    code = (
+        "from m3_rag.cross_encoder import load_cross_encoder\n"
+        "load_cross_encoder('BAAI/bge-reranker-v2-m3')\n"
+    )
+    env = {**os.environ, "HF_ENDPOINT": "http://127.0.0.1:9", "HF_HOME": str(tmp_path / "hf")}
+    env.pop("HF_HUB_OFFLINE", None)
+    start = time.monotonic()
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 1 and time.monotonic() - start < 60
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("m3_rag.checkpoint.CheckpointUnavailableError: cannot reach the Hugging Face hub")
+    assert "Connection refused" in last and "not in the cache" in last

@@ -48,12 +48,12 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from ..encoder import M3Embedder
 from ..encoding_store import EncodingStore
 from ..filters import MetadataColumns, filter_mask
 from ..output import M3Output
+from ..progress import tqdm
 from ..records import Record, check_ids, check_metadatas, check_texts
 from ..retrieval import Candidates, HybridStore, QueryBatch, SearchRequest
 from ..sparse import SparseVector, stack_csr

@@ -67,11 +67,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from ..colbert_codec import ColbertDtype
 from ..encoder import M3Embedder
 from ..output import M3Output
+from ..progress import tqdm
 from ..records import Record, check_ids, check_metadatas, check_texts
 from ..retrieval import Candidates, HybridStore, QueryBatch, SearchRequest
 from ..sparse import SparseVector
