@@ -274,3 +274,20 @@ def test_crafted_folders_are_refused_or_work(original: Path, tmp_path: Path) -> 
     wrongly_loaded = [n for n in must_refuse if not outcomes[n].startswith("refused")]
     assert not wrongly_loaded, {n: outcomes[n] for n in wrongly_loaded}
     assert not any(".." in o or "/etc" in o for n, o in outcomes.items() if n.startswith("segment-files-system"))
+
+
+def test_nan_in_float16_colbert_values_is_refused_at_search(tmp_path: Path) -> None:
+    """ColBERT values are not read at load (tens of GB): a NaN there must still never make search return []."""
+    from m3_rag import IndexFormatError
+
+    embedder = M3Embedder.shared(TINY, device="cpu")
+    index = M3Index(embedder)  # float16
+    index.add(["Berlin is the capital of Germany.", "Paris is in France."], ids=["de", "fr"])
+    folder = index.save(tmp_path / "idx")
+    index.close()
+    values = np.load(segment_of(folder) / "colbert.npy")
+    values[:] = np.nan
+    rewrite(folder, "colbert.npy", npy(values))
+    loaded = M3Index.load(folder, embedder)
+    with pytest.raises(IndexFormatError, match="non-finite scores"):
+        loaded.search("capital of Germany", k=2)
