@@ -534,7 +534,8 @@ def main() -> None:
             "(write_bytes: sent to storage, counted when pages are dirtied; wchar: passed to write calls), "
             "the folder's files (each inode once) before and after, peak RSS since a VmHWM reset just before the "
             "commit minus the RSS after loading (peak_over_loaded includes the caller's input encodings; "
-            "peak_over_ready does not)",
+            "peak_over_ready does not); load_peak_rss_mb is VmHWM after the load. ru_maxrss_mb is not the "
+            "worker's own: Linux folds the parent's RSS at spawn into it",
         },
         "targets": {
             "search_p50_le_100ms_hot": {m: search[m]["hot"]["p50_ms"] <= 100 for m in search},

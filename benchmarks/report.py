@@ -111,11 +111,17 @@ def _commit_rows(result: dict[str, Any], where: str, date: str, command: str) ->
     if commit is None:
         return []
     n, index_bytes = commit["documents"], commit["index_bytes_if_every_doc_had_its_own_colbert"]
-    fresh = statistics.median(r["load_s"] for c in commit["cases"].values() if c["mode"] == "load" for r in c["runs"])
+    loads = [r for c in commit["cases"].values() if c["mode"] == "load" for r in c["runs"]]
+    fresh = statistics.median(r["load_s"] for r in loads)
+    if all("load_peak_rss_mb" in r for r in loads):
+        fresh_rss = f", peak RSS {statistics.median(r['load_peak_rss_mb'] for r in loads):,.0f} MB"
+    else:
+        fresh_rss = ""
     rows = [
         f"| load of the index folder ({n:,} docs, {result['setup']['index_folder']['segments']} segments) | {where} "
         f"| {date} | `M3Index.load` {result['setup']['load_s']:.1f} s; first search (builds the inverted indexes) "
-        f"{result['setup']['first_search_s']:.1f} s; in a fresh process (median of the commit runs) {fresh:.1f} s "
+        f"{result['setup']['first_search_s']:.1f} s; in a fresh process (median of the commit runs) {fresh:.1f} s"
+        f"{fresh_rss} "
         f"| — | — | `{command}` |"
     ]
     by_size: dict[int, dict[str, Any]] = {}
