@@ -116,6 +116,15 @@ def locate(index: M3Index, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return seg_of, rows - bases[seg_of]
 
 
+def corpus_rows(index: M3Index, rows: np.ndarray) -> np.ndarray:
+    """The corpus documents (``doc-<i>``) at global rows of the index (the view's segment order is
+    not the order they were committed in)."""
+    segments = segments_of(index)
+    seg_of, local = locate(index, rows)
+    ids = [segments[s].ids[r] for s, r in zip(seg_of.tolist(), local.tolist())]
+    return np.array([int(str(i).removeprefix("doc-")) for i in ids], dtype=np.int64)
+
+
 # ---------------------------------------------------------------------------- search latency
 def time_searches(
     index: M3Index, names: list[str], stage: Any, *, k: int, candidates: int, cold: bool
@@ -303,14 +312,15 @@ def compare_rerank(
     in_memory = []
     for j, (q, rows) in enumerate(zip(queries, picked)):
         hybrid = m3_rerank(index, q, rows)
-        in_memory.append(in_memory_inputs(corpus, colbert_docs, q, rows))
+        docs = corpus_rows(index, rows)  # what FlagEmbedding's worker and the in-memory inputs read
+        in_memory.append(in_memory_inputs(corpus, colbert_docs, q, docs))
         sparse = q.sparse[0]  # type: ignore[index]
         arrays |= {
             f"q{j}_dense": q.dense[0],  # type: ignore[index]
             f"q{j}_sparse_ids": np.asarray(sparse.indices, dtype=np.int64),
             f"q{j}_sparse_weights": np.asarray(sparse.weights, dtype=np.float32),
             f"q{j}_colbert": q.colbert[0],  # type: ignore[index]
-            f"q{j}_rows": rows,
+            f"q{j}_rows": docs,
             f"q{j}_m3_hybrid": hybrid,
         }
     target = CACHE / "rerank-queries.npz"
