@@ -414,17 +414,23 @@ def index_memory(index: M3Index, n: int) -> dict[str, Any]:
 
 
 def _mapping(values: np.ndarray) -> mmap.mmap | None:
+    """The ``mmap`` under a memory-mapped array (numpy 2 puts a ``memoryview`` of it between them)."""
     base = values.base
-    while isinstance(base, np.ndarray):
-        base = base.base
+    while isinstance(base, (np.ndarray, memoryview)):
+        base = base.obj if isinstance(base, memoryview) else base.base
     return base if isinstance(base, mmap.mmap) else None
 
 
 def evict(index: M3Index) -> None:
-    """Drop the segments' memory-mapped ColBERT files from this process and from the page cache."""
+    """Drop the segments' memory-mapped ColBERT files from this process and from the page cache
+    (pages still mapped by the process are not dropped by ``posix_fadvise``: unmap them first)."""
     for segment in segments_of(index):
-        if segment.arrays.colbert is not None and (mapped := _mapping(segment.arrays.colbert)) is not None:
-            mapped.madvise(mmap.MADV_DONTNEED)
+        if segment.arrays.colbert is None:
+            continue
+        mapped = _mapping(segment.arrays.colbert)
+        if mapped is None:
+            raise RuntimeError(f"cannot find the memory map under {segment}'s ColBERT array: cold timings would be hot")
+        mapped.madvise(mmap.MADV_DONTNEED)
     assert index.path is not None
     for file in (index.path / SEGMENTS).glob("s*/colbert.npy"):  # hard links: one inode, dropped once
         fd = os.open(file, os.O_RDONLY)
