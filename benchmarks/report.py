@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import statistics
 from typing import Any
 
 from _common import HERE, RESULTS
@@ -99,6 +100,62 @@ def _index_rows(result: dict[str, Any]) -> list[str]:
             f"{roof['floor_ms_at_peak']:.1f} ms at the sgemm peak ({roof['square_sgemm_peak_gflops']:.0f} GFLOP/s) "
             f"| {flag['median']:.1f} ms | at most {roof['max_ratio_vs_flag_at_skinny_product']:.1f}x "
             f"({roof['max_ratio_vs_flag_at_peak']:.1f}x at peak) | `{command}` |"
+        )
+    rows += _commit_rows(result, where, date, command)
+    return rows
+
+
+def _mb(n: float) -> str:
+    return f"{n / 1e6:,.2f} MB" if abs(n) < 1e8 else f"{n / 1e6:,.0f} MB"
+
+
+def _commit_rows(result: dict[str, Any], where: str, date: str, command: str) -> list[str]:
+    """Bytes written, folder growth, peak memory and time of one commit (absent from older results)."""
+    commit = result.get("commit")
+    if commit is None:
+        return []
+    n, index_bytes = commit["documents"], commit["index_bytes_if_every_doc_had_its_own_colbert"]
+    loads = [r for c in commit["cases"].values() if c["mode"] == "load" for r in c["runs"]]
+    fresh = statistics.median(r["load_s"] for r in loads)
+    if all("load_peak_rss_mb" in r for r in loads):
+        fresh_rss = f", peak RSS {statistics.median(r['load_peak_rss_mb'] for r in loads):,.0f} MB"
+    else:
+        fresh_rss = ""
+    rows = [
+        f"| load of the index folder ({n:,} docs, {result['setup']['index_folder']['segments']} segments) | {where} "
+        f"| {date} | `M3Index.load` {result['setup']['load_s']:.1f} s; first search (builds the inverted indexes) "
+        f"{result['setup']['first_search_s']:.1f} s; in a fresh process (median of the commit runs) {fresh:.1f} s"
+        f"{fresh_rss} "
+        f"| — | — | `{command}` |"
+    ]
+    by_size: dict[int, dict[str, Any]] = {}
+    for case in commit["cases"].values():
+        by_size.setdefault(case["added"], {})[case["mode"]] = case
+    for added, cases in sorted(by_size.items()):
+        what = f"{added:,} documents" if added else "no change"
+        cells = []
+        for mode, case in cases.items():
+            med = case["median"]
+            steps = f"`{mode}` → `add_encoded` → `save()`" if mode == "load" else "`open` → `add_encoded`"
+            if not added:
+                steps = f"`{mode}` → `save()`"
+            sign = "+" if med["folder_bytes_change"] >= 0 else ""
+            own = (
+                f"{med['write_bytes'] / (added * commit['index_bytes_per_doc']):.2f}x the documents' own bytes, "
+                if added
+                else ""
+            )
+            cells.append(
+                f"{steps}: wrote {_mb(med['write_bytes'])} ({own}"
+                f"{med['write_bytes'] / index_bytes:.3%} of the index; "
+                f"{_mb(med['wchar'])} through write calls), folder {sign}{_mb(med['folder_bytes_change'])}, "
+                f"peak RSS +{med['peak_over_loaded_mb']:,.0f} MB over the loaded index "
+                f"(+{med['peak_over_ready_mb']:,.0f} MB beyond the input encodings), {med['commit_s']:.2f} s"
+            )
+        runs = min(len(c["runs"]) for c in cases.values())
+        rows.append(
+            f"| commit of {what} into the {n:,}-doc folder ({index_bytes / 1e9:,.1f} GB; median of {runs}, "
+            f"each in a fresh process) | {where} | {date} | {'<br>'.join(cells)} | — | — | `{command}` |"
         )
     return rows
 
