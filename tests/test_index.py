@@ -299,3 +299,21 @@ def test_search_batch_works_in_blocks(index, monkeypatch) -> None:
     for a, b in zip(blocked, whole):  # queries encoded in other batches: equal to float32 rounding
         assert [h.id for h in a] == [h.id for h in b]
         np.testing.assert_allclose([h.score for h in a], [h.score for h in b], rtol=1e-6)
+
+
+def test_loaded_colbert_is_mapped_and_prefetchable(index, tmp_path, monkeypatch) -> None:
+    """A loaded index maps ColBERT files, and its prefetch finds the mapping (numpy 2 puts a memoryview
+    between the array and the mmap: the prefetch used to miss it and do nothing)."""
+    import mmap
+
+    from m3_rag.index import files
+
+    folder = index.save(tmp_path / "idx")
+    loaded = M3Index.load(folder, index.embedder)
+    (segment,) = loaded._view.segments
+    mapping = files._mapping_of(segment.arrays.colbert)
+    assert isinstance(mapping, mmap.mmap)
+    advised: list[tuple[int, int, int]] = []
+    monkeypatch.setattr(files, "_advise", lambda mapped, option, start, length: advised.append((option, start, length)))
+    segment.prefetch(np.array([0, 3]))
+    assert [a[0] for a in advised] == [mmap.MADV_WILLNEED] * 2 and all(a[2] > 0 for a in advised)

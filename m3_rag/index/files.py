@@ -18,6 +18,7 @@ import ast
 import contextlib
 import hashlib
 import mmap
+import mmap as _mmap_module  # the name mmap is also a parameter of load_npy
 import os
 import stat
 from collections.abc import Iterator
@@ -90,13 +91,13 @@ def _sha256_fd(fd: int, size: int) -> str:
     return digest.hexdigest()
 
 
-def file_entry(path: Path) -> dict[str, Any]:
-    """``{"bytes": size, "sha256": hex}`` of a file just written (sha256 left out above 2 GiB)."""
+def file_entry(path: Path, *, checksum: bool = True) -> dict[str, Any]:
+    """``{"bytes": size, "sha256": hex}`` of a file just written (size only without ``checksum`` or above 2 GiB)."""
     fd = _open_regular(path)
     try:
         size = os.fstat(fd).st_size
         entry: dict[str, Any] = {"bytes": size}
-        if size <= _HASH_LIMIT:
+        if checksum and size <= _HASH_LIMIT:
             entry["sha256"] = _sha256_fd(fd, size)
         return entry
     finally:
@@ -176,6 +177,9 @@ def load_npy(
             raise damaged(path, "it does not match its checksum")
         if mmap and count:
             mapped = _map(fd, size)
+            if hasattr(mapped, "madvise") and hasattr(_mmap_module, "MADV_RANDOM"):
+                # rows are read where candidates are: no read-ahead of megabytes around each page fault
+                mapped.madvise(_mmap_module.MADV_RANDOM)
             return np.frombuffer(mapped, dtype=want, count=count, offset=offset).reshape(shape)
         data = np.empty(count, dtype=want)
         view = memoryview(data).cast("B")  # type: ignore[arg-type]
@@ -191,25 +195,42 @@ def load_npy(
 
 
 def _map(fd: int, size: int) -> mmap.mmap:
-    return mmap.mmap(fd, size, access=mmap.ACCESS_READ)
+    return _mmap_module.mmap(fd, size, access=_mmap_module.ACCESS_READ)
+
+
+def _mapping_of(values: np.ndarray) -> mmap.mmap | None:
+    """The ``mmap`` an array is a view of (numpy 2 puts a ``memoryview`` between them), or None."""
+    base: object = values
+    for _ in range(32):
+        if isinstance(base, _mmap_module.mmap):
+            return base
+        if isinstance(base, memoryview):
+            base = base.obj
+        elif isinstance(base, np.ndarray):
+            base = base.base
+        else:
+            return None
+    return None
 
 
 def prefetch_rows(values: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> None:
     """Ask the kernel to start reading rows ``starts[i] : starts[i] + lengths[i]`` of a memory-mapped
     array at once (``madvise(WILLNEED)``), so a cold search waits for parallel reads instead of one
     page fault after another. A no-op for arrays in memory."""
-    mapped = values.base
-    while isinstance(mapped, np.ndarray):
-        mapped = mapped.base
-    if not isinstance(mapped, mmap.mmap) or not hasattr(mmap, "MADV_WILLNEED"):
+    mapped = _mapping_of(values)
+    if mapped is None or not hasattr(_mmap_module, "MADV_WILLNEED"):
         return
     row_bytes = values.itemsize * int(np.prod(values.shape[1:], dtype=np.int64))
     start_of_data = values.__array_interface__["data"][0] - np.frombuffer(mapped, np.uint8).ctypes.data
-    page = mmap.PAGESIZE
+    page = _mmap_module.PAGESIZE
     size = len(mapped)
     for start, length in zip((start_of_data + starts * row_bytes).tolist(), (lengths * row_bytes).tolist()):
         aligned = start - start % page
-        mapped.madvise(mmap.MADV_WILLNEED, aligned, min(size - aligned, length + start - aligned))
+        _advise(mapped, _mmap_module.MADV_WILLNEED, aligned, min(size - aligned, length + start - aligned))
+
+
+def _advise(mapped: mmap.mmap, option: int, start: int, length: int) -> None:
+    mapped.madvise(option, start, length)
 
 
 class NpyWriter:

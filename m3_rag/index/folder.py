@@ -4,10 +4,11 @@ Layout::
 
     path/catalog.sqlite (+ -wal, -shm)   the catalog (:mod:`m3_rag.index.catalog`)
     path/segments/s<24 hex>/             immutable segment files (:mod:`m3_rag.index.segment`)
-    path/segments/.tmp-*                 a segment being written (removed if its writer died)
+    path/segments/.new-*, .tmp-*         a segment being written (removed if its writer died)
     path/.compact.lock                   held by the process compacting
 
-A commit writes the new segment under ``.tmp-<name>`` holding its ``.lock`` exclusively, fsyncs
+A commit writes the new segment under ``.tmp-<name>`` holding its ``.lock`` exclusively (the lock is
+made in ``.new-<name>`` first, which clean-up leaves alone, so it never sees an unlocked one), fsyncs
 it, renames it to ``<name>``, commits the catalog transaction, and only then releases the lock.
 A process killed at any point leaves the last commit intact; what it wrote is an unreferenced
 folder whose lock nobody holds, which the next commit or open removes. Files of segments that
@@ -208,8 +209,8 @@ class IndexFolder:
         for segment in new:
             self._open[str(segment.name)] = segment
         self.generation = state.generation
-        live = set(by_name.values())
-        return Changes(state.full, list(live) if state.full else new, live, state.deleted, docs)
+        ordered = list(by_name.values())  # the catalog's order (by commit): the same rows order in every process
+        return Changes(state.full, ordered if state.full else new, set(ordered), state.deleted, docs)
 
     def _metadata(self, doc: DocRow) -> dict[str, Any]:
         try:
@@ -281,17 +282,20 @@ class IndexFolder:
     def _write(self, sources: Sequence[tuple[Segment, np.ndarray]], commit: Any) -> None:
         segments = self.path / SEGMENTS
         name = "s" + uuid.uuid4().hex[:24]
-        tmp, final = segments / f".tmp-{name}", segments / name
-        tmp.mkdir()
-        lock = SegmentLock.create_exclusive(tmp)
+        new, tmp, final = segments / f".new-{name}", segments / f".tmp-{name}", segments / name
+        new.mkdir()  # clean-up leaves .new-* alone (but for hour-old ones): its lock does not exist yet
+        lock = SegmentLock.create_exclusive(new)
         try:
+            os.rename(new, tmp)  # from now on the folder is locked whenever clean-up can see it
             files = write_segment(tmp, sources, dim=self.embedder.dim, colbert_dim=self.embedder.colbert_dim)
             fsync_dir(tmp)
             os.rename(tmp, final)
             fsync_dir(segments)
             commit(SegmentEntry(name, sum(len(r) for _, r in sources), 0, files))
         except BaseException:
-            shutil.rmtree(final if final.exists() else tmp, ignore_errors=True)
+            for leftover in (final, tmp, new):
+                if leftover.exists():
+                    shutil.rmtree(leftover, ignore_errors=True)
             raise
         finally:
             lock.release()
@@ -376,6 +380,10 @@ class IndexFolder:
             name = entry.name
             if name.startswith(".trash-"):
                 self._remove(Path(entry.path))
+            elif name.startswith(".new-"):  # a writer killed between mkdir and its lock: old ones only
+                with contextlib.suppress(OSError):
+                    if time.time() - entry.stat(follow_symlinks=False).st_mtime > _STALE_TMP_SECONDS:
+                        self._remove(Path(entry.path))
             elif name.startswith(".tmp-") or SEGMENT_NAME.match(name):
                 if SEGMENT_NAME.match(name):
                     known = self.catalog.all_segment_names() if known is None else known
@@ -383,11 +391,7 @@ class IndexFolder:
                         continue
                 lock = try_lock_exclusive(Path(entry.path))
                 if lock is None:
-                    with contextlib.suppress(OSError):  # a writer killed before it made its lock file
-                        lockless = name.startswith(".tmp-") and not (Path(entry.path) / ".lock").exists()
-                        if lockless and time.time() - entry.stat(follow_symlinks=False).st_mtime > _STALE_TMP_SECONDS:
-                            self._remove(Path(entry.path))
-                    continue
+                    continue  # its writer is at work (or it is a segment being removed)
                 try:  # we hold the lock: its writer is gone; check again that no commit names it
                     if not (SEGMENT_NAME.match(name) and name in self.catalog.all_segment_names()):
                         self._remove(Path(entry.path))

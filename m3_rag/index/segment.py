@@ -78,13 +78,16 @@ def encoded_arrays(output: Any, colbert_dtype: ColbertDtype | None, dim: int, co
     }
     if colbert_dtype is not None:
         lengths = np.fromiter((len(m) for m in output.colbert), dtype=np.int64, count=n)
-        vectors = np.concatenate(output.colbert) if n else np.zeros((0, colbert_dim), np.float32)
-        values, scales = quantize(vectors.reshape(-1, colbert_dim), colbert_dtype)
-        arrays.update(
-            colbert=values,
-            colbert_scales=scales,
-            colbert_offsets=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
-        )
+        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        # quantized text by text into the final array: no float32 copy of all the vectors
+        values = np.empty((int(offsets[-1]), colbert_dim), dtype=numpy_dtype(colbert_dtype))
+        scales = np.empty(int(offsets[-1]), dtype=np.float32) if colbert_dtype == "int8" else None
+        for i, matrix in enumerate(output.colbert):
+            part, part_scales = quantize(np.asarray(matrix).reshape(-1, colbert_dim), colbert_dtype)
+            values[offsets[i] : offsets[i + 1]] = part
+            if scales is not None and part_scales is not None:
+                scales[offsets[i] : offsets[i + 1]] = part_scales
+        arrays.update(colbert=values, colbert_scales=scales, colbert_offsets=offsets)
     return SegmentArrays(**arrays)
 
 
@@ -215,7 +218,10 @@ def write_segment(
         out.write(_concat_offsets([p[2] for p in sparse]))
     if colbert_dim is not None and sources and sources[0][0].has_colbert:
         _write_colbert(folder, sources, colbert_dim)
-    return {p.name: file_entry(p) for p in sorted(folder.iterdir()) if p.suffix == ".npy"}
+    # ColBERT values (~400 KB a document) are checked by size, not hashed: a hash would be read at every
+    # open (a second per GB); the small files are hashed (they are read in full at open anyway)
+    files = sorted(p for p in folder.iterdir() if p.suffix == ".npy")
+    return {p.name: file_entry(p, checksum=p.name != "colbert.npy") for p in files}
 
 
 def _write_colbert(folder: Path, sources: Sequence[tuple[Segment, np.ndarray]], colbert_dim: int) -> None:
