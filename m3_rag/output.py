@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from .sparse import SparseVector, split_packed
 
-__all__ = ["EncodedBatch", "M3Output"]
+__all__ = ["EncodedBatch", "M3Output", "check_output"]
 
 
 @dataclass(frozen=True)
@@ -71,3 +72,24 @@ class EncodedBatch:
         if self.colbert_offsets is None or self.colbert is None:
             raise ValueError("this batch was encoded without colbert=True")
         return _split(self.colbert, self.colbert_offsets)
+
+
+def check_output(output: M3Output, n: int, model: Any, *, colbert: bool) -> None:
+    """Check outputs computed elsewhere (``add_encoded``) against ``model``: ``n`` texts, the dense
+    dimension, one sparse vector per text with ids in the vocabulary and, with ``colbert``, one
+    (tokens >= 1, colbert_dim) matrix per text. ValueError / TypeError saying what is wrong."""
+    if not isinstance(output, M3Output):
+        raise TypeError(f"output must be an m3_rag.M3Output, got {type(output).__name__}")
+    if output.dense is None or output.sparse is None or (colbert and output.colbert is None):
+        raise ValueError("output needs dense, sparse and ColBERT outputs (encode with all three modes)")
+    dense = np.asarray(output.dense)
+    if dense.shape != (n, model.dim) or not np.all(np.isfinite(dense)):
+        raise ValueError(f"output.dense must be ({n}, {model.dim}) finite values, got {dense.shape}")
+    if len(output.sparse) != n or (colbert and len(output.colbert or []) != n):
+        raise ValueError(f"output must hold one sparse vector and one ColBERT matrix per text ({n})")
+    for i, matrix in enumerate(output.colbert or []):
+        if np.ndim(matrix) != 2 or np.shape(matrix)[1] != model.colbert_dim or len(matrix) == 0:
+            raise ValueError(f"output.colbert[{i}] must be (tokens >= 1, {model.colbert_dim}), got {np.shape(matrix)}")
+    for i, sparse in enumerate(output.sparse):
+        if any(not 0 <= t < model.vocab_size for t in (min(sparse, default=0), max(sparse, default=0))):
+            raise ValueError(f"output.sparse[{i}] has token ids outside the vocabulary [0, {model.vocab_size})")

@@ -26,16 +26,15 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from ..colbert_codec import ColbertDtype, check_colbert_dtype
 from ..encoder import M3Embedder
 from ..errors import IndexFormatError
-from ..output import M3Output
+from ..output import M3Output, check_output
 from ..records import Record, check_ids, check_metadatas, check_texts, copy_metadata
 from ..retrieval import Candidates, HybridStore, QueryBatch, SearchRequest
 from .folder import IndexFolder
-from .segment import Segment, encoded_arrays, merge_arrays
+from .rows import Rows
+from .segment import Segment, encoded_arrays
 from .view import View, search_view
 
 __all__ = ["M3Index"]
@@ -44,7 +43,6 @@ logger = logging.getLogger(__name__)
 
 #: Bytes of (queries x documents) first-stage score matrices a search block may take.
 SCORE_BUDGET = 256 << 20
-_MERGE_ROWS = 1 << 14  # in-memory segments up to this many rows are merged like a binary counter
 
 
 class M3Index(HybridStore):
@@ -78,19 +76,17 @@ class M3Index(HybridStore):
         self.embedder = embedder
         self._lock = threading.RLock()
         self._view = View()
-        self._alive: dict[Segment, np.ndarray] = {}
-        self._row_of: dict[str, tuple[Segment, int]] = {}
-        self._pending: dict[str, tuple[Segment, int] | None] = {}  # id -> new row, or None: deleted
+        self._rows = Rows()
         self._folder: IndexFolder | None = None
         self._persistent = False
         self._transaction = 0
 
     # ------------------------------------------------------------------ basics
     def __len__(self) -> int:
-        return len(self._row_of)
+        return len(self._rows.row_of)
 
     def __contains__(self, doc_id: object) -> bool:
-        return doc_id in self._row_of
+        return doc_id in self._rows.row_of
 
     def __repr__(self) -> str:
         where = f", path={str(self._folder.path)!r}" if self._folder else ""
@@ -108,14 +104,15 @@ class M3Index(HybridStore):
         """Ids of the stored documents."""
         self._catch_up()
         with self._lock:
-            return list(self._row_of)
+            return list(self._rows.row_of)
 
     def get(self, ids: str | Sequence[str]) -> list[Record]:
         """The stored documents with these ids, in the order asked; unknown ids are skipped."""
         wanted = [ids] if isinstance(ids, str) else list(ids)
         self._catch_up()
         with self._lock:
-            found = [self._row_of[i] for i in wanted if isinstance(i, str) and i in self._row_of]
+            row_of = self._rows.row_of
+            found = [row_of[i] for i in wanted if isinstance(i, str) and i in row_of]
             return [
                 Record(str(seg.ids[r]), str(seg.texts[r]), copy_metadata(seg.metadatas[r] or {})) for seg, r in found
             ]
@@ -172,7 +169,7 @@ class M3Index(HybridStore):
         items = check_texts(texts)
         doc_ids = check_ids(ids, len(items))
         metas = check_metadatas(metadatas, len(items))
-        _check_output(output, len(items), self.embedder, colbert=self.colbert_dtype is not None)
+        check_output(output, len(items), self.embedder, colbert=self.colbert_dtype is not None)
         return self._insert(items, output, doc_ids, metas) if items else []
 
     def _insert(self, texts: list[str], out: M3Output, ids: list[str], metas: list[dict[str, Any]]) -> list[str]:
@@ -180,13 +177,8 @@ class M3Index(HybridStore):
         segment = Segment(arrays)
         segment.ids, segment.texts, segment.metadatas = list(ids), list(texts), list(metas)
         with self._lock:
-            kills = self._kill(ids)
-            self._alive[segment] = np.ones(segment.n, dtype=bool)
-            for row, doc_id in enumerate(ids):
-                self._row_of[doc_id] = (segment, row)
-                self._pending[doc_id] = (segment, row)
-            self._publish(kills)
-            self._merge_memory_segments()
+            self._rows.insert(segment)
+            self._view = self._rows.view()
             self._autocommit()
         return ids
 
@@ -195,61 +187,11 @@ class M3Index(HybridStore):
         wanted = [ids] if isinstance(ids, str) else list(ids)
         self._catch_up()
         with self._lock:
-            present = list(dict.fromkeys(i for i in wanted if isinstance(i, str) and i in self._row_of))
-            kills = self._kill(present)
-            for doc_id in present:
-                del self._row_of[doc_id]
-                self._pending[doc_id] = None
-            if present:
-                self._publish(kills)
+            removed = self._rows.delete(wanted)
+            if removed:
+                self._view = self._rows.view()
                 self._autocommit()
-            return len(present)
-
-    def _kill(self, ids: Sequence[str]) -> dict[Segment, list[int]]:
-        kills: dict[Segment, list[int]] = {}
-        for doc_id in ids:
-            place = self._row_of.get(doc_id)
-            if place is not None:
-                kills.setdefault(place[0], []).append(place[1])
-        return kills
-
-    def _publish(self, kills: Mapping[Segment, Sequence[int]] | None = None) -> None:
-        """Apply row deaths copy-on-write and swap in a new view (lock held)."""
-        for segment, rows in (kills or {}).items():
-            if segment in self._alive:
-                alive = self._alive[segment].copy()
-                alive[list(rows)] = False
-                self._alive[segment] = alive
-        for segment in [s for s, a in self._alive.items() if not a.any() and s.name is None]:
-            del self._alive[segment]  # an in-memory segment with no live row is garbage
-        self._view = View(tuple(self._alive), tuple(self._alive.values()))
-
-    def _merge_memory_segments(self) -> None:
-        """Merge the newest in-memory segments like a binary counter (O(log n) of them for a search)."""
-        while True:
-            memory = [s for s in self._alive if s.name is None]
-            if len(memory) < 2:
-                return
-            prev, last = memory[-2], memory[-1]
-            if 2 * last.n < prev.n or prev.n > _MERGE_ROWS:
-                return
-            sources = [(s, np.flatnonzero(self._alive[s])) for s in (prev, last)]
-            merged = Segment(merge_arrays(sources))
-            offset = 0
-            for segment, rows in sources:
-                for i, row in enumerate(rows.tolist()):
-                    doc_id = segment.ids[row]
-                    merged.ids[offset + i], merged.texts[offset + i] = doc_id, segment.texts[row]
-                    merged.metadatas[offset + i] = segment.metadatas[row]
-                    assert doc_id is not None
-                    self._row_of[doc_id] = (merged, offset + i)
-                    if doc_id in self._pending:
-                        self._pending[doc_id] = (merged, offset + i)
-                offset += len(rows)
-            alive = {s: a for s, a in self._alive.items() if s not in (prev, last)}
-            alive[merged] = np.ones(merged.n, dtype=bool)
-            self._alive = alive
-            self._publish()
+            return removed
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[M3Index]:
@@ -269,24 +211,16 @@ class M3Index(HybridStore):
         except BaseException:
             with self._lock:
                 self._transaction -= 1
-                if self._persistent and self._transaction == 0 and self._pending:
-                    self._discard_pending()
+                if self._persistent and self._transaction == 0 and self._rows.pending:
+                    self._rows.discard_pending()
+                    self._reload()
             raise
         with self._lock:
             self._transaction -= 1
             self._autocommit()
 
-    def _discard_pending(self) -> None:
-        """Forget uncommitted changes and go back to the folder's committed state (lock held)."""
-        for doc_id, (segment, _) in list(self._row_of.items()):
-            if segment.name is None:
-                del self._row_of[doc_id]
-        self._alive = {s: a for s, a in self._alive.items() if s.name is not None}
-        self._pending.clear()
-        self._reload()
-
     def _autocommit(self) -> None:
-        if self._persistent and self._transaction == 0 and self._pending:
+        if self._persistent and self._transaction == 0 and self._rows.pending:
             self._commit_pending()
 
     # ------------------------------------------------------------------ searching
@@ -385,7 +319,7 @@ class M3Index(HybridStore):
                 "save into another folder"
             )
         try:
-            sources = [(s, np.flatnonzero(a)) for s, a in self._alive.items() if a.any()]
+            sources = self._rows.live_sources()
             if sources:
                 folder.commit_rows(sources, deletes=())
         except BaseException:
@@ -394,23 +328,18 @@ class M3Index(HybridStore):
         if self._folder is not None:
             self._folder.close()
         self._folder = folder
-        self._pending.clear()
+        self._rows.pending.clear()
         self._reload()
 
     def _commit_pending(self) -> None:
         """Write the pending upserts as one segment and commit them with the pending deletions."""
         assert self._folder is not None
-        if not self._pending:
+        if not self._rows.pending:
             self._catch_up(force=True)
             return
-        rows: dict[Segment, list[int]] = {}
-        for place in self._pending.values():
-            if place is not None:
-                rows.setdefault(place[0], []).append(place[1])
-        sources = [(s, np.sort(np.asarray(r, dtype=np.int64))) for s, r in rows.items()]
-        deletes = [i for i, place in self._pending.items() if place is None]
+        sources, deletes = self._rows.pending_changes()
         self._folder.commit_rows(sources, deletes=deletes)
-        self._pending.clear()
+        self._rows.pending.clear()
         self._catch_up(force=True)
         self._folder.maybe_compact(self._view)
         self._catch_up(force=True)
@@ -445,68 +374,7 @@ class M3Index(HybridStore):
 
     def _apply(self, change: Any) -> None:
         """Apply a :class:`~m3_rag.index.folder.Changes` from the catalog (lock held)."""
-        keep = {s: a for s, a in self._alive.items() if s.name is None}
-        if change.full:
-            committed = {s: np.zeros(s.n, dtype=bool) for s in change.segments}
-            for doc_id, (segment, _) in list(self._row_of.items()):
-                if segment.name is not None and doc_id not in self._pending:
-                    del self._row_of[doc_id]
-        else:
-            committed = {s: a for s, a in self._alive.items() if s.name is not None and s in change.live}
-            for segment in change.segments:
-                committed.setdefault(segment, np.zeros(segment.n, dtype=bool))
-        for doc_id in change.deleted:
-            place = self._row_of.get(doc_id)
-            if doc_id in self._pending or place is None:
-                continue
-            del self._row_of[doc_id]
-            if place[0] in committed:
-                committed[place[0]] = _without(committed[place[0]], place[1])
-        for doc_id, segment, row in change.docs:
-            if doc_id in self._pending:
-                continue
-            old = self._row_of.get(doc_id)
-            if old is not None and old != (segment, row):
-                if old[0] in committed:
-                    committed[old[0]] = _without(committed[old[0]], old[1])
-                elif old[0] in keep:
-                    keep[old[0]] = _without(keep[old[0]], old[1])
-            self._row_of[doc_id] = (segment, row)
-            alive = committed[segment]
-            if not alive[row]:
-                alive = alive.copy()
-                alive[row] = True
-                committed[segment] = alive
-        for segment in list(committed):
-            if segment not in change.live:
-                del committed[segment]
-        self._alive = {**committed, **keep}
-        self._publish()
+        in_use = self._rows.apply(change)
+        self._view = self._rows.view()
         assert self._folder is not None
-        self._folder.release_unused(set(committed))
-
-
-def _without(alive: np.ndarray, row: int) -> np.ndarray:
-    out = alive.copy()
-    out[row] = False
-    return out
-
-
-def _check_output(output: M3Output, n: int, embedder: M3Embedder, *, colbert: bool) -> None:
-    if not isinstance(output, M3Output):
-        raise TypeError(f"output must be an m3_rag.M3Output, got {type(output).__name__}")
-    if output.dense is None or output.sparse is None or (colbert and output.colbert is None):
-        raise ValueError("output needs dense, sparse and ColBERT outputs (encode with all three modes)")
-    dense = np.asarray(output.dense)
-    if dense.shape != (n, embedder.dim) or not np.all(np.isfinite(dense)):
-        raise ValueError(f"output.dense must be ({n}, {embedder.dim}) finite values, got {dense.shape}")
-    if len(output.sparse) != n or (colbert and len(output.colbert or []) != n):
-        raise ValueError(f"output must hold one sparse vector and one ColBERT matrix per text ({n})")
-    for i, matrix in enumerate(output.colbert or []):
-        if np.ndim(matrix) != 2 or np.shape(matrix)[1] != embedder.colbert_dim or len(matrix) == 0:
-            raise ValueError(
-                f"output.colbert[{i}] must be (tokens >= 1, {embedder.colbert_dim}), got {np.shape(matrix)}"
-            )
-    for i, sparse in enumerate(output.sparse):
-        if any(not 0 <= t < embedder.vocab_size for t in (min(sparse, default=0), max(sparse, default=0))):
-            raise ValueError(f"output.sparse[{i}] has token ids outside the vocabulary [0, {embedder.vocab_size})")
+        self._folder.release_unused(in_use)
