@@ -176,6 +176,7 @@ def test_milvus_store(tmp_path) -> None:
     assert info["chunks"] > len(list(CORPUS.iterdir()))
 
 
+@pytest.mark.slow
 def test_milvus_collection_remembers_its_model(tmp_path) -> None:
     pytest.importorskip("pymilvus")
     corpus = tmp_path / "corpus"
@@ -283,6 +284,7 @@ def test_two_index_runs_at_once_both_land(tmp_path) -> None:
     assert info["chunks"] == 50 and info["sources"] == 50
 
 
+@pytest.mark.slow
 def test_small_edges(built, tmp_path) -> None:
     _, index = built
     version = m3_rag("--version")

@@ -161,6 +161,7 @@ def test_milvus_store_takes_the_final_stage(index, cross_encoder, tmp_path) -> N
     store.close()
 
 
+@pytest.mark.slow
 def test_an_unreachable_hub_fails_fast_in_one_line(tmp_path) -> None:
     """No network: one probe of the hub, then the cache; a one-line error when the model is not there."""
     import os
@@ -178,5 +179,5 @@ def test_an_unreachable_hub_fails_fast_in_one_line(tmp_path) -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 1 and time.monotonic() - start < 60
     last = done.stderr.strip().splitlines()[-1]
-    assert last.startswith("m3_rag.checkpoint.CheckpointUnavailableError: cannot reach the Hugging Face hub")
+    assert last.startswith("m3_rag.errors.CheckpointUnavailableError: cannot reach the Hugging Face hub")
     assert "Connection refused" in last and "not in the cache" in last
