@@ -15,7 +15,10 @@ from pathlib import Path
 import pytest
 
 TINY = Path(__file__).parent / "data" / "tiny-m3"
-WARNING = "1 of 2 texts were longer than max_length=512 tokens and were truncated"  # the tiny model's limit
+WARNING = (
+    "1 of 2 texts were longer than max_length=512 tokens and were truncated "
+    "(split long documents with m3_rag.chunking.chunk_text)"
+)  # the tiny model's limit
 
 SCRIPT = f"""
 import logging, sys
