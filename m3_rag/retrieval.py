@@ -7,8 +7,8 @@ stores that do not keep the vectors (from an encoding store, or by re-encoding t
 once per distinct text and still outside every lock), reranks with the exact hybrid formula,
 and runs the optional cross-encoder stage on the best hits -- without calling the store again.
 
-A store implements storage only: ``add`` / ``add_encoded`` / ``delete`` / ``get`` / ``__len__``
-and :meth:`HybridStore._candidates`. Queries are searched in blocks (see
+A store implements storage only: ``add`` / ``add_encoded`` / ``delete`` / ``get`` / ``__len__``,
+``ids_where`` and :meth:`HybridStore._candidates`. Queries are searched in blocks (see
 :meth:`HybridStore._query_block`) so that memory stays bounded however many queries come in.
 """
 
@@ -17,7 +17,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
@@ -43,6 +43,8 @@ __all__ = [
     "check_first_stage",
     "top_k",
 ]
+
+_S = TypeVar("_S", bound="HybridStore")
 
 #: Modes that can pick first-stage candidates.
 FIRST_STAGES = ("dense", "sparse")
@@ -189,6 +191,27 @@ class HybridStore(ABC):
     @abstractmethod
     def get(self, ids: str | Sequence[str]) -> list[Record]:
         """The stored documents with these ids, in the order asked; unknown ids are skipped."""
+
+    @abstractmethod
+    def ids_where(self, filter: Filter | Mapping[str, Any] | None = None) -> list[str]:
+        """Ids of the stored documents whose metadata passes ``filter`` (the filter language of
+        :mod:`m3_rag.filters`, evaluated as in ``search``; None: every id), without reading texts
+        or vectors of the others."""
+
+    @property
+    def ids(self) -> list[str]:
+        """Ids of every stored document."""
+        return self.ids_where(None)
+
+    def close(self) -> None:
+        """Release what the store holds open (files, connections); the stored data stays."""
+        return None
+
+    def __enter__(self: _S) -> _S:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     @abstractmethod
     def _candidates(self, queries: QueryBatch, request: SearchRequest) -> list[Candidates]:

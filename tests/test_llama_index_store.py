@@ -464,6 +464,34 @@ async def test_get_delete_clear_and_async_off_the_loop(embedder: M3Embedder, mon
     assert len(store) == 0 and bool(store)
 
 
+def test_deletes_and_filtered_reads_read_only_the_matching_records(
+    embedder: M3Embedder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    plain = M3Index(embedder, colbert_dtype=None)
+    refs = [
+        {"ref_doc_id": "d0"},
+        {"ref_doc_id": "d0"},
+        {"ref_doc_id": "d1"},
+        {},
+        {"ref_doc_id": "n4"},
+        {"ref_doc_id": "None"},
+    ]
+    plain.add([f"text {i}" for i in range(6)], ids=[f"n{i}" for i in range(6)], metadatas=refs)
+    asked: list[str] = []
+    original = plain.get
+    monkeypatch.setattr(plain, "get", lambda ids: asked.extend([ids] if isinstance(ids, str) else ids) or original(ids))
+    store = M3VectorStore(plain)
+    store.delete("d0")
+    assert sorted(plain.ids) == ["n2", "n3", "n4", "n5"] and asked == ["d0"]  # only the id check read a record
+    store.delete("n3")  # a record without a source document is its own
+    store.delete("n4")  # names itself: deleted once
+    store.delete("None")  # "None" names no source document, and no record has that id
+    assert sorted(plain.ids) == ["n2", "n5"]
+    asked.clear()
+    d1 = MetadataFilters(filters=[MetadataFilter(key="ref_doc_id", value="d1")])
+    assert [n.node_id for n in store.get_nodes(filters=d1)] == ["n2"] and asked == ["n2"]
+
+
 def test_handoff_checks_the_pass_and_falls_back(embedder: M3Embedder, passes: Passes) -> None:
     store = M3VectorStore(M3Index(embedder, colbert_dtype=None))  # keeps no ColBERT: the handoff needs none
     embed = M3Embedding(embedder=embedder)

@@ -36,8 +36,9 @@ those source documents) and ``node_ids`` (a non-empty list restricts the search 
 apply in every mode. ``vector_store_kwargs`` may set ``weights``, ``candidates``,
 ``first_stage``, ``cross_encoder`` and ``cross_encoder_top_n`` per query.
 
-``delete(ref_doc_id)``, ``get_nodes`` and ``delete_nodes`` with ``filters`` read the stored
-records' metadata (a scan over the store). ``persist`` saves an in-memory ``M3Index`` as an index
+``delete(ref_doc_id)``, ``get_nodes`` and ``delete_nodes`` with ``filters`` ask the store for the
+ids that pass (``HybridStore.ids_where``: in the engine for Milvus and Qdrant) and read only
+those records. ``persist`` saves an in-memory ``M3Index`` as an index
 folder (``<persist_path without .json>``); a store with a folder or a server of its own commits there.
 
 Example:
@@ -255,9 +256,10 @@ class M3VectorStore(BasePydanticVectorStore):
             raise TypeError(f"M3VectorStore.delete takes no options, got {sorted(delete_kwargs)}")
         if not isinstance(ref_doc_id, str):
             raise TypeError(f"ref_doc_id must be a str, got {type(ref_doc_id).__name__}")
-        ids = [r.id for r in self._scan(None) if ref_doc_id_of(r.id, r.metadata) == ref_doc_id]
+        ids = [] if ref_doc_id in ("", "None") else self._store.ids_where({"ref_doc_id": ref_doc_id})
+        ids += [r.id for r in self._store.get(ref_doc_id) if ref_doc_id_of(r.id, r.metadata) == ref_doc_id]
         if ids:
-            self._store.delete(ids)
+            self._store.delete(list(dict.fromkeys(ids)))
 
     def delete_nodes(
         self, node_ids: list[str] | None = None, filters: MetadataFilters | None = None, **delete_kwargs: Any
@@ -274,7 +276,7 @@ class M3VectorStore(BasePydanticVectorStore):
 
     def clear(self) -> None:
         """Delete every node."""
-        ids = self._ids()
+        ids = self._store.ids
         if ids:
             self._store.delete(ids)
 
@@ -291,20 +293,9 @@ class M3VectorStore(BasePydanticVectorStore):
             self._store.save(persist_folder(persist_path))
 
     # ------------------------------------------------------------------ reading
-    def _ids(self) -> list[str]:
-        ids = getattr(self._store, "ids", None)
-        if ids is None:
-            raise TypeError(f"{type(self._store).__name__} does not list its ids (.ids); it cannot be scanned")
-        return list(ids)
-
     def _scan(self, flt: Filter | None) -> list[Record]:
-        ids = self._ids()
-        out: list[Record] = []
-        for start in range(0, len(ids), _PAGE):
-            out.extend(
-                r for r in self._store.get(ids[start : start + _PAGE]) if flt is None or matches(flt, r.metadata)
-            )
-        return out
+        ids = self._store.ids_where(flt)
+        return [r for start in range(0, len(ids), _PAGE) for r in self._store.get(ids[start : start + _PAGE])]
 
     def _select(self, node_ids: Sequence[str] | None, filters: MetadataFilters | None) -> list[Record]:
         flt = parse_filter(to_core_filter(filters) or None)

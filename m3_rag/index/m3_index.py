@@ -29,13 +29,14 @@ from typing import Any
 from ..colbert_codec import ColbertDtype, check_colbert_dtype
 from ..encoder import M3Embedder
 from ..errors import IndexFormatError
+from ..filters import Filter, parse_filter
 from ..output import M3Output, check_output
 from ..records import Record, check_ids, check_metadatas, check_texts, copy_metadata
 from ..retrieval import Candidates, HybridStore, QueryBatch, SearchRequest
 from .folder import IndexFolder
 from .rows import Rows
 from .segment import Segment, encoded_arrays
-from .view import View, search_view
+from .view import View, search_view, view_ids
 
 __all__ = ["M3Index"]
 
@@ -105,6 +106,21 @@ class M3Index(HybridStore):
         self._catch_up()
         with self._lock:
             return list(self._rows.row_of)
+
+    def ids_where(self, filter: Filter | Mapping[str, Any] | None = None) -> list[str]:
+        """Ids of the stored documents whose metadata passes ``filter`` (None: every id).
+
+        >>> index = M3Index(M3Embedder.from_pretrained("tests/data/tiny-m3"))
+        >>> index.add(["a", "b", "c"], ids=["x", "y", "z"], metadatas=[{"year": 2019}, {"year": 2021}, {}])
+        ['x', 'y', 'z']
+        >>> index.ids_where({"year": {"$gte": 2020}})
+        ['y']
+        """
+        flt = parse_filter(filter)
+        if flt is None:
+            return self.ids
+        self._catch_up()
+        return view_ids(self._view, flt)
 
     def get(self, ids: str | Sequence[str]) -> list[Record]:
         """The stored documents with these ids, in the order asked; unknown ids are skipped."""

@@ -51,7 +51,7 @@ import numpy as np
 
 from ..encoder import M3Embedder
 from ..encoding_store import EncodingStore
-from ..filters import MetadataColumns, filter_mask
+from ..filters import Filter, MetadataColumns, filter_mask, parse_filter
 from ..output import M3Output
 from ..progress import tqdm
 from ..records import Record, check_ids, check_metadatas, check_texts
@@ -158,12 +158,6 @@ class MilvusStore(HybridStore):
             f"encoding_store={None if self.encoding_store is None else str(self.encoding_store.path)!r})"
         )
 
-    def __enter__(self) -> MilvusStore:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
     def close(self) -> None:
         """Release the connection (the data stays in Milvus); idempotent.
 
@@ -183,15 +177,23 @@ class MilvusStore(HybridStore):
             out.extend(self.client.query(self.collection, filter=expr, output_fields=fields, **self._rpc()))
         return out
 
-    @property
-    def ids(self) -> list[str]:
-        """Ids of every stored document (read page by page from Milvus)."""
+    def ids_where(self, filter: Filter | Mapping[str, Any] | None = None) -> list[str]:
+        """Ids of the stored documents whose metadata passes ``filter`` (None: every id), read page by
+        page from Milvus; where Milvus's expression is a superset, the metadata is checked exactly."""
+        flt = parse_filter(filter)
+        expr, exact = milvus_expression(flt)
+        if expr is None:
+            return []
+        fields = ["id"] if exact else ["id", "metadata"]
         out: list[str] = []
         iterator = self.client.query_iterator(
-            self.collection, batch_size=1000, filter="", output_fields=["id"], timeout=self.timeout
+            self.collection, batch_size=1000, filter=expr, output_fields=fields, timeout=self.timeout
         )
         try:
             while page := iterator.next():
+                if not exact:
+                    passing = filter_mask(flt, MetadataColumns([dict(row["metadata"] or {}) for row in page]))
+                    page = [row for row, ok in zip(page, passing.tolist()) if ok]
                 out.extend(str(row["id"]) for row in page)
         finally:
             iterator.close()

@@ -70,6 +70,7 @@ import numpy as np
 
 from ..colbert_codec import ColbertDtype
 from ..encoder import M3Embedder
+from ..filters import Filter, parse_filter
 from ..output import M3Output
 from ..progress import tqdm
 from ..records import Record, check_ids, check_metadatas, check_texts
@@ -77,7 +78,7 @@ from ..retrieval import Candidates, HybridStore, QueryBatch, SearchRequest
 from ..sparse import SparseVector
 from .qdrant_filter import FILTER_FIELD, filter_view
 from .qdrant_schema import create_collection, open_collection
-from .qdrant_search import check_output, find_candidates
+from .qdrant_search import check_output, find_candidates, scroll_ids
 
 __all__ = ["QdrantStore", "point_id", "qdrant_location", "recorded_model"]
 
@@ -236,12 +237,6 @@ class QdrantStore(HybridStore):
             f"colbert_dtype={self.colbert_dtype!r}, scoring={self.scoring!r})"
         )
 
-    def __enter__(self) -> QdrantStore:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
     def close(self) -> None:
         """Release the client (a local folder's lock too); the data stays in Qdrant. A given ``client`` stays open."""
         if self._own_client and getattr(self, "client", None) is not None:
@@ -263,18 +258,10 @@ class QdrantStore(HybridStore):
                     out[i] = p
         return out
 
-    @property
-    def ids(self) -> list[str]:
-        """Ids of every stored document (scrolled page by page)."""
-        out: list[str] = []
-        offset = None
-        while True:
-            page, offset = self.client.scroll(
-                self.collection, limit=1000, offset=offset, with_payload=["id"], with_vectors=False
-            )
-            out.extend(str(p.payload["id"]) for p in page)
-            if offset is None:
-                return out
+    def ids_where(self, filter: Filter | Mapping[str, Any] | None = None) -> list[str]:
+        """Ids of the stored documents whose metadata passes ``filter`` (None: every id), scrolled page
+        by page with the filter in Qdrant; where Qdrant's is a superset, the metadata is checked exactly."""
+        return scroll_ids(self, parse_filter(filter))
 
     def get(self, ids: str | Sequence[str]) -> list[Record]:
         """The stored documents with these ids, in the order asked; unknown ids are skipped."""

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..filters import MetadataColumns, filter_mask
+from ..filters import Filter, MetadataColumns, filter_mask
 from ..output import M3Output
 from ..retrieval import Candidates, QueryBatch, SearchRequest
 from ..scoring import colbert_scores_at
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from ..encoder import M3Embedder
     from .qdrant import QdrantStore
 
-__all__ = ["check_output", "engine_is_cheaper", "find_candidates"]
+__all__ = ["check_output", "engine_is_cheaper", "find_candidates", "scroll_ids"]
 
 _FETCH = 1000  # points per retrieve request
 _TOKENS = 100  # ColBERT vectors per passage assumed by the cost model below
@@ -165,6 +165,28 @@ def find_candidates(store: QdrantStore, queries: QueryBatch, request: SearchRequ
     if scoring == "client":
         return _score_client(store, queries, picked)
     return _score_engine(store, queries, picked)
+
+
+def scroll_ids(store: QdrantStore, flt: Filter | None) -> list[str]:
+    """Ids of the points whose metadata passes ``flt``: a filtered scroll, checked exactly where
+    Qdrant's filter is a superset (see :func:`~m3_rag.index.qdrant_filter.qdrant_filter`)."""
+    qf = qdrant_filter(flt)
+    if qf.none:
+        return []
+    payload = ["id"] if qf.exact else ["id", "metadata"]
+    out: list[str] = []
+    offset = None
+    while True:
+        page, offset = store.client.scroll(
+            store.collection, scroll_filter=qf.filter, limit=1000, offset=offset, with_payload=payload,
+            with_vectors=False,
+        )  # fmt: skip
+        if not qf.exact:
+            metas = MetadataColumns([dict((p.payload or {}).get("metadata") or {}) for p in page])
+            page = [p for p, ok in zip(page, filter_mask(flt, metas).tolist()) if ok]
+        out.extend(str(p.payload["id"]) for p in page)
+        if offset is None:
+            return out
 
 
 def _retrieve(store: QdrantStore, pids: Sequence[str], *, vectors: bool) -> dict[str, Any]:

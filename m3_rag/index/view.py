@@ -21,7 +21,7 @@ from ..retrieval import Candidates, QueryBatch, SearchRequest
 from ..sparse import stack_csr
 from .segment import Segment
 
-__all__ = ["View", "search_view"]
+__all__ = ["View", "search_view", "view_ids"]
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,14 @@ def _segment_mask(segment: Segment, alive: np.ndarray, flt: Filter | None) -> np
     if segment.filter_cache is None:  # rows never change: one set of columns per segment, built lazily
         segment.filter_cache = MetadataColumns(segment.metadatas)
     return alive & filter_mask(flt, segment.filter_cache)
+
+
+def view_ids(view: View, flt: Filter | None) -> list[str]:
+    """Ids of the live rows of ``view`` whose metadata passes ``flt`` (None: every live row)."""
+    out: list[str] = []
+    for segment, alive in zip(view.segments, view.alive):
+        out.extend(str(segment.ids[r]) for r in np.flatnonzero(_segment_mask(segment, alive, flt)).tolist())
+    return out
 
 
 def search_view(view: View, queries: QueryBatch, request: SearchRequest, vocab_size: int) -> list[Candidates]:
