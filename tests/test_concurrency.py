@@ -16,6 +16,7 @@ import pytest
 
 from m3_rag import IndexFormatError, M3Embedder, M3Index
 from m3_rag.index import files as index_files
+from m3_rag.index.catalog import Catalog
 
 TINY = Path(__file__).parent / "data" / "tiny-m3"
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
@@ -212,6 +213,30 @@ def test_a_full_disk_leaves_the_previous_state_and_no_files(
     assert sorted(M3Index.load(folder, embedder).ids) == ["seed-0"]
     index.save()  # the retry works: the change is still pending
     assert sorted(M3Index.load(folder, embedder).ids) == ["doomed-0", "seed-0"]
+
+
+def test_ctrl_c_right_after_the_catalog_commit_keeps_the_segment(
+    embedder: M3Embedder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A KeyboardInterrupt after SQLite's COMMIT but before the commit returns (what a Ctrl-C of
+    `m3-rag index` can hit) must not remove the segment the catalog now names."""
+    folder = new_index(embedder, tmp_path / "idx")
+    index = M3Index.load(folder, embedder)
+    index.add(["kept"], ids=["kept-0"], metadatas=[{"batch": "kept", "size": 1}])
+    real_commit = Catalog.commit
+
+    def interrupted(self: Catalog, **kwargs: object) -> int:
+        real_commit(self, **kwargs)  # type: ignore[arg-type]
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Catalog, "commit", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        index.save()
+    monkeypatch.undo()
+    assert sorted(M3Index.load(folder, embedder).ids) == ["kept-0", "seed-0"]  # the commit counts
+    index.save()  # the change is still pending here: committed again, same result
+    again = M3Index.load(folder, embedder)
+    assert sorted(again.ids) == ["kept-0", "seed-0"] and again.search("kept", k=1)[0].id == "kept-0"
 
 
 def test_a_full_catalog_leaves_the_previous_state(embedder: M3Embedder, tmp_path: Path) -> None:

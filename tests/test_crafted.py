@@ -291,3 +291,22 @@ def test_nan_in_float16_colbert_values_is_refused_at_search(tmp_path: Path) -> N
     loaded = M3Index.load(folder, embedder)
     with pytest.raises(IndexFormatError, match="non-finite scores"):
         loaded.search("capital of Germany", k=2)
+
+
+def test_a_segment_removed_by_hand_is_a_clear_error_at_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A segment the catalog names but whose folder is gone is damage, not a race: refused after a few reads."""
+    from m3_rag import IndexFormatError
+    from m3_rag.index import folder as index_folder
+
+    embedder = M3Embedder.shared(TINY, device="cpu")
+    index = M3Index(embedder)
+    index.add(["Berlin is the capital of Germany."], ids=["de"])
+    folder = index.save(tmp_path / "idx")
+    index.close()
+    segment = segment_of(folder)
+    shutil.rmtree(segment)
+    waits: list[float] = []
+    monkeypatch.setattr(index_folder.time, "sleep", waits.append)
+    with pytest.raises(IndexFormatError, match=f"names segment '{segment.name}', but that folder is missing"):
+        M3Index.load(folder, embedder)
+    assert len(waits) == index_folder._SAME_MISSING and sum(waits) < 0.1  # not 50 tries

@@ -67,6 +67,9 @@ class Changes:
     docs: list[tuple[str, Segment, int]] = field(default_factory=list)
 
 
+_SAME_MISSING = 3  # reads of the catalog in a row that name a segment whose folder is gone: damage
+
+
 class _Vanished(Exception):
     """A segment of the snapshot was removed before it could be opened: read the catalog again."""
 
@@ -173,15 +176,22 @@ class IndexFolder:
 
     def changes(self, *, full: bool = False) -> Changes:
         """What changed since the last call (everything with ``full``), segments opened and filled."""
+        missing, streak = "", 0
         for attempt in range(_OPEN_TRIES):
             state = self.catalog.read(None if full or attempt else (self.generation if self.generation >= 0 else None))
             try:
                 return self._changes(state)
-            except _Vanished:
+            except _Vanished as exc:  # dropped and removed by another process since the catalog was read?
+                name = str(exc.args[0])
+                streak = streak + 1 if name == missing and exc.args[1:] == ("gone",) else 0
+                missing = name
+                if streak >= _SAME_MISSING:  # no: fresh reads still name it; m3-rag removes dropped segments only
+                    break
                 time.sleep(0.01 * (attempt + 1))
         raise IndexFormatError(
-            f"{self.path}: its segments kept disappearing while being opened ({_OPEN_TRIES} tries); "
-            "another process may be deleting the folder"
+            f"{self.path} is damaged: its catalog names segment {missing!r}, but that folder is missing (or kept "
+            f"vanishing, {_OPEN_TRIES} tries); if no other process removes it, its files were removed outside "
+            "m3-rag: restore the folder from a backup or index again"
         )
 
     def _changes(self, state: CatalogState) -> Changes:
@@ -229,7 +239,7 @@ class IndexFolder:
         if folder.is_symlink():
             raise IndexFormatError(f"{folder} is damaged: a segment must be a folder inside the index, not a link")
         if not folder.is_dir():
-            raise _Vanished(entry.name)
+            raise _Vanished(entry.name, "gone")
         if (folder / ".lock").is_symlink():
             raise damaged(folder, "its .lock is a link")
         lock = SegmentLock.shared(folder)
@@ -293,12 +303,23 @@ class IndexFolder:
             fsync_dir(segments)
             commit(SegmentEntry(name, sum(len(r) for _, r in sources), 0, files))
         except BaseException:
-            for leftover in (final, tmp, new):
-                if leftover.exists():
-                    shutil.rmtree(leftover, ignore_errors=True)
+            self._discard(name, final, tmp, new)
             raise
         finally:
             lock.release()
+
+    def _discard(self, name: str, final: Path, *unnamed: Path) -> None:
+        """Remove the files of a commit that failed -- unless the catalog names the segment: then the
+        commit went through and only its return was interrupted (Ctrl-C right after SQLite's COMMIT),
+        and the files are the index's. When the catalog cannot tell, ``final`` stays for
+        :meth:`collect_garbage`, which checks the catalog again under the segment's lock."""
+        try:
+            keep = name in self.catalog.all_segment_names()
+        except Exception:  # the commit's own error is what the caller raises
+            keep = True
+        for leftover in unnamed if keep else (final, *unnamed):
+            if leftover.exists():
+                shutil.rmtree(leftover, ignore_errors=True)
 
     # ------------------------------------------------------------------ compaction
     def maybe_compact(self, view: Any) -> None:
