@@ -203,6 +203,18 @@ class HybridStore(ABC):
         """Ids of every stored document."""
         return self.ids_where(None)
 
+    def dense_vectors(self, ids: Sequence[str]) -> dict[str, np.ndarray]:
+        """The stored dense vectors ``{id: (dim,) float32}`` of these ids, in the order asked (unknown ids are skipped).
+
+        Stores that keep the vectors read them (no model pass); this default encodes the stored
+        texts, once each, in one pass."""
+        records = self.get(list(ids))
+        if not records:
+            return {}
+        out = self.embedder.encode_documents([r.text for r in records], dense=True, sparse=False, colbert=False)
+        assert out.dense is not None
+        return {r.id: np.asarray(out.dense[i], dtype=np.float32) for i, r in enumerate(records)}
+
     def close(self) -> None:
         """Release what the store holds open (files, connections); the stored data stays."""
         return None

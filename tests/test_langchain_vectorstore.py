@@ -157,6 +157,27 @@ def test_as_retriever_similarity_and_mmr(embedder: M3Embedder) -> None:
         vs.max_marginal_relevance_search(query, lambda_mult=2)
 
 
+def test_mmr_reads_stored_dense_vectors_and_encodes_only_the_query(monkeypatch: pytest.MonkeyPatch) -> None:
+    vs = corpus_store()
+    seen: list[str] = []
+    real = M3Embedder.encode
+
+    def spy(self: M3Embedder, texts: Any, *args: Any, **kwargs: Any) -> Any:
+        seen.extend([texts] if isinstance(texts, str) else texts)
+        return real(self, texts, *args, **kwargs)
+
+    monkeypatch.setattr(M3Embedder, "encode", spy)
+    query = "which river flows through the capital"
+    found = vs.max_marginal_relevance_search(query, k=3, fetch_k=8, lambda_mult=0.2)
+    assert seen == [query] and len(found) == 3  # the 8 candidates' vectors come from the store
+    vs.store.delete([str(found[1].id)])  # a hit gone since the search: encoded from its text
+    stored = vs._dense_vectors([(str(d.id), d.page_content) for d in found])
+    assert seen == [query, found[1].page_content]
+    np.testing.assert_allclose(
+        stored, vs.store.embedder.encode_documents([d.page_content for d in found]).dense, atol=1e-6
+    )
+
+
 def test_mmr_order() -> None:
     rel = np.array([0.9, 0.85, 0.8, 0.1])
     vectors = np.array([[1.0, 0.0], [0.99, 0.141], [0.0, 1.0], [0.0, 1.0]])

@@ -283,12 +283,12 @@ class M3VectorStore(VectorStore):
         """``k`` of the best ``fetch_k`` hybrid hits, picked by maximal marginal relevance.
 
         Relevance is the hybrid score; redundancy is the inner product of the documents' dense
-        vectors. Stores do not hand out stored vectors, so those of the ``fetch_k`` texts come
-        from the model's encoding cache (texts not in it are encoded, once, in one pass).
+        vectors, as the store keeps them (``HybridStore.dense_vectors``: no model pass for the
+        documents; one removed since the search is encoded from its text).
         """
         check_mmr(k, fetch_k, lambda_mult)
         hits = self.search_hits(query, max(k, fetch_k), **kwargs)
-        vectors = self._dense_vectors([hit.text for hit in hits])
+        vectors = self._dense_vectors([(hit.id, hit.text) for hit in hits])
         order = mmr_order(np.array([hit.score for hit in hits]), vectors, k, lambda_mult)
         return [self._document(hits[i]) for i in order]
 
@@ -312,7 +312,7 @@ class M3VectorStore(VectorStore):
         """Maximal marginal relevance over the ``fetch_k`` best dense matches of ``embedding``."""
         check_mmr(k, fetch_k, lambda_mult)
         found = self._by_vector(embedding, max(k, fetch_k), kwargs)
-        vectors = self._dense_vectors([doc.page_content for doc, _, _ in found])
+        vectors = self._dense_vectors([(str(doc.id), doc.page_content) for doc, _, _ in found])
         order = mmr_order(np.array([score for _, score, _ in found]), vectors, k, lambda_mult)
         return [found[i][0] for i in order]
 
@@ -345,13 +345,14 @@ class M3VectorStore(VectorStore):
             out.append((doc, float(found.dense[i]), doc.page_content))
         return out
 
-    def _dense_vectors(self, texts: list[str]) -> np.ndarray:
-        """(n, d) dense vectors of stored texts, as the store encoded them (through the encoding cache)."""
+    def _dense_vectors(self, found: list[tuple[str, str]]) -> np.ndarray:
+        """(n, d) stored dense vectors of ``(id, text)`` hits; a hit no longer stored is encoded from its text."""
         model = self.store.embedder
-        if not texts:
-            return np.zeros((0, model.dim), np.float32)
-        entries = cache_for(model).encode(model, texts, kind="document", want="both")
-        return np.stack([entry.dense for entry in entries])  # type: ignore[misc]
+        stored = self.store.dense_vectors([doc_id for doc_id, _ in found]) if found else {}
+        missing = [text for doc_id, text in found if doc_id not in stored]
+        encoded = iter(cache_for(model).encode(model, missing, kind="document", want="both") if missing else [])
+        rows: list[Any] = [stored[doc_id] if doc_id in stored else next(encoded).dense for doc_id, _ in found]
+        return np.stack(rows).astype(np.float32, copy=False) if rows else np.zeros((0, model.dim), np.float32)
 
     # ------------------------------------------------------------------ copying and pickling
     def __getstate__(self) -> dict[str, Any]:

@@ -26,6 +26,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ..colbert_codec import ColbertDtype, check_colbert_dtype
 from ..encoder import M3Embedder
 from ..errors import IndexFormatError
@@ -106,6 +108,14 @@ class M3Index(HybridStore):
         self._catch_up()
         with self._lock:
             return list(self._rows.row_of)
+
+    def dense_vectors(self, ids: Sequence[str]) -> dict[str, np.ndarray]:
+        """The stored dense vectors ``{id: (dim,) float32}`` of these ids (unknown ids are skipped)."""
+        self._catch_up()
+        with self._lock:
+            row_of = self._rows.row_of
+            found = [(i, row_of[i]) for i in dict.fromkeys(ids) if isinstance(i, str) and i in row_of]
+            return {i: np.array(seg.arrays.dense[r], dtype=np.float32) for i, (seg, r) in found}
 
     def ids_where(self, filter: Filter | Mapping[str, Any] | None = None) -> list[str]:
         """Ids of the stored documents whose metadata passes ``filter`` (None: every id).

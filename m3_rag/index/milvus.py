@@ -177,6 +177,11 @@ class MilvusStore(HybridStore):
             out.extend(self.client.query(self.collection, filter=expr, output_fields=fields, **self._rpc()))
         return out
 
+    def dense_vectors(self, ids: Sequence[str]) -> dict[str, np.ndarray]:
+        """The stored dense vectors ``{id: (dim,) float32}`` of these ids, read from Milvus (unknown ids skipped)."""
+        rows = {str(r["id"]): r["dense"] for r in self._fetch(list(ids), ["id", "dense"])}
+        return {i: np.asarray(rows[i], dtype=np.float32) for i in dict.fromkeys(ids) if i in rows}
+
     def ids_where(self, filter: Filter | Mapping[str, Any] | None = None) -> list[str]:
         """Ids of the stored documents whose metadata passes ``filter`` (None: every id), read page by
         page from Milvus; where Milvus's expression is a superset, the metadata is checked exactly."""

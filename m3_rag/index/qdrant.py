@@ -258,6 +258,11 @@ class QdrantStore(HybridStore):
                     out[i] = p
         return out
 
+    def dense_vectors(self, ids: Sequence[str]) -> dict[str, np.ndarray]:
+        """The stored dense vectors ``{id: (dim,) float32}`` of these ids, read from Qdrant (unknown ids skipped)."""
+        found = self._points(list(ids), payload=["id"], vectors=["dense"])
+        return {i: np.asarray(p.vector["dense"], dtype=np.float32) for i, p in found.items()}
+
     def ids_where(self, filter: Filter | Mapping[str, Any] | None = None) -> list[str]:
         """Ids of the stored documents whose metadata passes ``filter`` (None: every id), scrolled page
         by page with the filter in Qdrant; where Qdrant's is a superset, the metadata is checked exactly."""

@@ -1,4 +1,5 @@
-"""``HybridStore.ids_where``: the same ids in every store as the reference ``matches``, type-exact.
+"""What every store reads without a search: ``ids_where`` (the same ids as the reference
+``matches``, type-exact) and ``dense_vectors`` (the stored vectors, no model pass).
 
 Milvus and Qdrant evaluate the filter in the engine (a superset where the engine compares
 ``true == 1``, re-checked exactly); M3Index evaluates it on its metadata columns.
@@ -6,6 +7,7 @@ Milvus and Qdrant evaluate the filter in the engine (a superset where the engine
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from test_filters import CURATED, MILVUS_VALUES
 
@@ -92,3 +94,28 @@ def test_stores_are_context_managers(embedder: M3Embedder, tmp_path) -> None:  #
     with M3Index.open(tmp_path / "index", embedder) as again:
         assert again.ids == ["de"]
     assert len(M3Index.load(tmp_path / "index", embedder)) == 1
+
+
+@pytest.mark.parametrize("name", ["M3Index", "M3Index folder", "MilvusStore", "QdrantStore"])
+def test_dense_vectors_are_the_stored_ones(
+    stores: dict[str, HybridStore], encoded: M3Output, name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if name not in stores:
+        pytest.skip(f"{name} needs its extra")
+    store = stores[name]
+    assert encoded.dense is not None
+    monkeypatch.setattr(store.embedder, "encode", None)  # no model pass may happen
+    got = store.dense_vectors(["r5", "r1", "nope", "r0", "r5"])  # r1 was deleted
+    assert list(got) == ["r5", "r0"]
+    for doc_id, vector in got.items():
+        assert vector.dtype == np.float32 and vector.shape == (store.embedder.dim,)
+        np.testing.assert_allclose(vector, encoded.dense[IDS.index(doc_id)], atol=1e-7)
+    assert store.dense_vectors([]) == {}
+
+
+def test_the_default_dense_vectors_encode_the_stored_texts(stores: dict[str, HybridStore], encoded: M3Output) -> None:
+    store = stores["M3Index"]
+    assert encoded.dense is not None
+    got = HybridStore.dense_vectors(store, ["r3", "nope", "r4"])  # what a store without vectors gets
+    assert list(got) == ["r3", "r4"]
+    np.testing.assert_allclose(np.stack(list(got.values())), encoded.dense[[3, 4]], atol=1e-6)
