@@ -13,14 +13,12 @@ it, renames it to ``<name>``, commits the catalog transaction, and only then rel
 A process killed at any point leaves the last commit intact; what it wrote is an unreferenced
 folder whose lock nobody holds, which the next commit or open removes. Files of segments that
 no document points at any more are removed once no process holds their lock (readers hold it
-shared for as long as they have the segment open).
+shared for as long as they have the segment open): :mod:`m3_rag.index.cleanup`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import logging
 import math
 import os
 import shutil
@@ -37,13 +35,12 @@ from ..colbert_codec import ColbertDtype, check_colbert_dtype
 from ..encoder import M3Embedder
 from ..errors import IndexFormatError, ModelMismatchError
 from ..records import check_json_value, metadata_json
-from .catalog import CATALOG, FORMAT, FORMAT_VERSION, SEGMENT_NAME, Catalog, CatalogState, DocRow, SegmentEntry
-from .files import SegmentLock, damaged, folder_lock, fsync_dir, try_lock_exclusive
+from .catalog import CATALOG, FORMAT, FORMAT_VERSION, Catalog, CatalogState, DocRow, SegmentEntry
+from .cleanup import collect_garbage
+from .files import SegmentLock, damaged, folder_lock, fsync_dir
 from .segment import Segment, open_segment, write_segment
 
 __all__ = ["Changes", "IndexFolder"]
-
-logger = logging.getLogger(__name__)
 
 SEGMENTS = "segments"
 LEGACY_MANIFEST = "manifest.json"
@@ -53,7 +50,6 @@ MERGE_FACTOR = 8
 MERGE_FLOOR_ROWS = 1024
 MAX_AUTO_MERGE_BYTES = 2 << 30
 _OPEN_TRIES = 50
-_STALE_TMP_SECONDS = 3600
 
 
 @dataclass
@@ -377,62 +373,7 @@ class IndexFolder:
     # ------------------------------------------------------------------ clean-up
     def collect_garbage(self) -> None:
         """Remove files of dropped segments nobody uses, and what killed writers left behind."""
-        segments = self.path / SEGMENTS
-        for name in self.catalog.dropped_segments():
-            if name in self._open:
-                continue
-            folder = segments / name
-            if not folder.exists():
-                self.catalog.forget_segment(name)
-                continue
-            lock = try_lock_exclusive(folder)
-            if lock is not None:
-                try:
-                    self._remove(folder)
-                    self.catalog.forget_segment(name)
-                finally:
-                    lock.release()
-        try:
-            entries = list(os.scandir(segments))
-        except OSError:
-            return
-        known: set[str] | None = None
-        for entry in entries:
-            name = entry.name
-            if name.startswith(".trash-"):
-                self._remove(Path(entry.path))
-            elif name.startswith(".new-"):  # a writer killed between mkdir and its lock: old ones only
-                with contextlib.suppress(OSError):
-                    if time.time() - entry.stat(follow_symlinks=False).st_mtime > _STALE_TMP_SECONDS:
-                        self._remove(Path(entry.path))
-            elif name.startswith(".tmp-") or SEGMENT_NAME.match(name):
-                if SEGMENT_NAME.match(name):
-                    known = self.catalog.all_segment_names() if known is None else known
-                    if name in known:
-                        continue
-                lock = try_lock_exclusive(Path(entry.path))
-                if lock is None:
-                    continue  # its writer is at work (or it is a segment being removed)
-                try:  # we hold the lock: its writer is gone; check again that no commit names it
-                    if not (SEGMENT_NAME.match(name) and name in self.catalog.all_segment_names()):
-                        self._remove(Path(entry.path))
-                finally:
-                    lock.release()
-        self.catalog.prune_deletions()
-
-    def _remove(self, folder: Path) -> None:
-        """Rename out of the way (atomic), then delete."""
-        trash = (
-            folder
-            if folder.name.startswith(".trash-")
-            else folder.with_name(f".trash-{uuid.uuid4().hex[:8]}-{folder.name}")
-        )
-        try:
-            if trash != folder:
-                os.rename(folder, trash)
-            shutil.rmtree(trash, ignore_errors=True)
-        except OSError as exc:
-            logger.debug("could not remove %s yet: %s", folder, exc)
+        collect_garbage(self.path / SEGMENTS, self.catalog, in_use=set(self._open))
 
 
 def _check_meta(path: Path, meta: dict[str, str], embedder: M3Embedder) -> dict[str, str]:
