@@ -8,8 +8,9 @@ once per distinct text and still outside every lock), reranks with the exact hyb
 and runs the optional cross-encoder stage on the best hits -- without calling the store again.
 
 A store implements storage only: ``add`` / ``add_encoded`` / ``delete`` / ``get`` / ``__len__``,
-``ids_where`` and :meth:`HybridStore._candidates`. Queries are searched in blocks (see
-:meth:`HybridStore._query_block`) so that memory stays bounded however many queries come in.
+``ids_where`` and :meth:`HybridStore._candidates` (and ``dense_vectors`` where it keeps them).
+Queries are searched in blocks (see :meth:`HybridStore._query_block`) so that memory stays
+bounded however many queries come in.
 """
 
 from __future__ import annotations
@@ -208,7 +209,7 @@ class HybridStore(ABC):
 
         Stores that keep the vectors read them (no model pass); this default encodes the stored
         texts, once each, in one pass."""
-        records = self.get(list(ids))
+        records = self.get(list(dict.fromkeys(ids)))
         if not records:
             return {}
         out = self.embedder.encode_documents([r.text for r in records], dense=True, sparse=False, colbert=False)
