@@ -170,12 +170,12 @@ def test_mmr_reads_stored_dense_vectors_and_encodes_only_the_query(monkeypatch: 
     query = "which river flows through the capital"
     found = vs.max_marginal_relevance_search(query, k=3, fetch_k=8, lambda_mult=0.2)
     assert seen == [query] and len(found) == 3  # the 8 candidates' vectors come from the store
-    vs.store.delete([str(found[1].id)])  # a hit gone since the search: encoded from its text
-    stored = vs._dense_vectors([(str(d.id), d.page_content) for d in found])
-    assert seen == [query, found[1].page_content]
-    np.testing.assert_allclose(
-        stored, vs.store.embedder.encode_documents([d.page_content for d in found]).dense, atol=1e-6
-    )
+    gone = ("gone-0", "a passage no store holds, gone since the search")  # encoded from its text
+    pairs = [(str(d.id), d.page_content) for d in found] + [gone]
+    vectors = vs._dense_vectors(pairs)
+    assert seen == [query, gone[1]]
+    want = vs.store.embedder.encode_documents([text for _, text in pairs]).dense
+    np.testing.assert_allclose(vectors, want, atol=1e-6)
 
 
 def test_mmr_order() -> None:
