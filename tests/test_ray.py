@@ -172,7 +172,7 @@ def test_map_batches_with_numpy_batches_and_parquet(ray_local: Any, reference: M
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", ["milvus", "index"])
+@pytest.mark.parametrize("kind", ["milvus", "qdrant", "index"])
 def test_write_to_store_lands_every_row(ray_local: Any, reference: M3Output, tmp_path: Path, kind: str) -> None:
     embedder = M3Embedder.shared(TINY, device="cpu")
     if kind == "milvus":
@@ -180,6 +180,11 @@ def test_write_to_store_lands_every_row(ray_local: Any, reference: M3Output, tmp
         from m3_rag import MilvusStore
 
         store: Any = MilvusStore(embedder, str(tmp_path / "m3.db"), "ray_recipe")
+    elif kind == "qdrant":
+        pytest.importorskip("qdrant_client")
+        from m3_rag import QdrantStore
+
+        store = QdrantStore(embedder, location=":memory:", collection="ray_recipe")
     else:
         store = M3Index(embedder)
     encoded = encode_dataset(dataset(ray_local), TINY, concurrency=2, batch_size=8, device="cpu")
