@@ -75,9 +75,10 @@ class EncodedBatch:
 
 
 def check_output(output: M3Output, n: int, model: Any, *, colbert: bool) -> None:
-    """Check outputs computed elsewhere (``add_encoded``) against ``model``: ``n`` texts, the dense
-    dimension, one sparse vector per text with ids in the vocabulary and, with ``colbert``, one
-    (tokens >= 1, colbert_dim) matrix per text. ValueError / TypeError saying what is wrong."""
+    """Check outputs computed elsewhere (``add_encoded``) against ``model``: ``n`` texts, finite
+    (n, dim) dense vectors, one sparse vector per text with ids in the vocabulary and, with
+    ``colbert`` (or whenever given), one finite (tokens >= 1, colbert_dim) matrix per text.
+    ValueError / TypeError saying what is wrong."""
     if not isinstance(output, M3Output):
         raise TypeError(f"output must be an m3_rag.M3Output, got {type(output).__name__}")
     if output.dense is None or output.sparse is None or (colbert and output.colbert is None):
@@ -88,8 +89,10 @@ def check_output(output: M3Output, n: int, model: Any, *, colbert: bool) -> None
     if len(output.sparse) != n or (colbert and len(output.colbert or []) != n):
         raise ValueError(f"output must hold one sparse vector and one ColBERT matrix per text ({n})")
     for i, matrix in enumerate(output.colbert or []):
-        if np.ndim(matrix) != 2 or np.shape(matrix)[1] != model.colbert_dim or len(matrix) == 0:
-            raise ValueError(f"output.colbert[{i}] must be (tokens >= 1, {model.colbert_dim}), got {np.shape(matrix)}")
+        shape = np.shape(matrix)
+        if len(shape) != 2 or shape[1] != model.colbert_dim or shape[0] == 0 or not np.all(np.isfinite(matrix)):
+            raise ValueError(f"output.colbert[{i}] must be (tokens >= 1, {model.colbert_dim}) finite, got {shape}")
     for i, sparse in enumerate(output.sparse):
-        if any(not 0 <= t < model.vocab_size for t in (min(sparse, default=0), max(sparse, default=0))):
+        ids = SparseVector.from_dict(sparse).indices
+        if len(ids) and (ids.min() < 0 or ids.max() >= model.vocab_size):
             raise ValueError(f"output.sparse[{i}] has token ids outside the vocabulary [0, {model.vocab_size})")

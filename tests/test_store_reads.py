@@ -119,3 +119,28 @@ def test_the_default_dense_vectors_encode_the_stored_texts(stores: dict[str, Hyb
     got = HybridStore.dense_vectors(store, ["r3", "nope", "r4"])  # what a store without vectors gets
     assert list(got) == ["r3", "r4"]
     np.testing.assert_allclose(np.stack(list(got.values())), encoded.dense[[3, 4]], atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["M3Index", "M3Index folder", "MilvusStore", "QdrantStore"])
+def test_add_encoded_checks_outputs_the_same_way_in_every_store(
+    stores: dict[str, HybridStore], encoded: M3Output, name: str
+) -> None:
+    if name not in stores:
+        pytest.skip(f"{name} needs its extra")
+    store = stores[name]
+    assert encoded.dense is not None and encoded.sparse is not None and encoded.colbert is not None
+    one = {"dense": encoded.dense[:1], "sparse": encoded.sparse[:1], "colbert": encoded.colbert[:1]}
+    nan_dense = encoded.dense[:1].copy()
+    nan_dense[0, 0] = np.nan
+    bad = [
+        ("dense", encoded.dense[:2], "output.dense must be"),
+        ("dense", nan_dense, "finite"),
+        ("sparse", [{10**6: 1.0}], "vocabulary"),
+        ("colbert", [np.zeros((2, 3), np.float32)], r"output.colbert\[0\] must be"),
+        ("colbert", [np.full_like(encoded.colbert[0], np.nan)], "finite"),
+    ]
+    before = len(store)
+    for field, value, message in bad:
+        with pytest.raises(ValueError, match=message):
+            store.add_encoded(["refused"], M3Output(**{**one, field: value}), ids=["refused-0"])
+    assert len(store) == before and "refused-0" not in store.ids

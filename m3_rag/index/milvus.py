@@ -52,7 +52,7 @@ import numpy as np
 from ..encoder import M3Embedder
 from ..encoding_store import EncodingStore
 from ..filters import Filter, MetadataColumns, filter_mask, parse_filter
-from ..output import M3Output
+from ..output import M3Output, check_output
 from ..progress import tqdm
 from ..records import Record, check_ids, check_metadatas, check_texts
 from ..retrieval import Candidates, HybridStore, QueryBatch, SearchRequest
@@ -271,13 +271,9 @@ class MilvusStore(HybridStore):
         items = check_texts(texts)
         doc_ids, metas = check_ids(ids, len(items)), check_metadatas(metadatas, len(items))
         self._check_sizes(doc_ids, items)
-        if output.dense is None or output.sparse is None or len(output.sparse) != len(items):
-            raise ValueError(f"output needs dense and sparse outputs for each of the {len(items)} texts")
-        if np.shape(output.dense) != (len(items), self.embedder.dim):
-            raise ValueError(f"output.dense must be ({len(items)}, {self.embedder.dim}), got {np.shape(output.dense)}")
+        check_output(output, len(items), self.embedder, colbert=self.encoding_store is not None)
+        assert output.dense is not None and output.sparse is not None
         if self.encoding_store is not None:
-            if output.colbert is None or len(output.colbert) != len(items):
-                raise ValueError("this store keeps ColBERT vectors: output needs one ColBERT matrix per text")
             self.encoding_store.put(items, output, max_length=self.embedder.passage_max_length)
         outputs: dict[int, _Output] = {
             i: (np.asarray(output.dense[i]), SparseVector.from_dict(output.sparse[i]), None) for i in range(len(items))

@@ -71,14 +71,14 @@ import numpy as np
 from ..colbert_codec import ColbertDtype
 from ..encoder import M3Embedder
 from ..filters import Filter, parse_filter
-from ..output import M3Output
+from ..output import M3Output, check_output
 from ..progress import tqdm
 from ..records import Record, check_ids, check_metadatas, check_texts
 from ..retrieval import Candidates, HybridStore, QueryBatch, SearchRequest
 from ..sparse import SparseVector
 from .qdrant_filter import FILTER_FIELD, filter_view
 from .qdrant_schema import create_collection, open_collection
-from .qdrant_search import check_output, find_candidates, scroll_ids
+from .qdrant_search import find_candidates, scroll_ids
 
 __all__ = ["QdrantStore", "point_id", "qdrant_location", "recorded_model"]
 

@@ -19,17 +19,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..filters import Filter, MetadataColumns, filter_mask
-from ..output import M3Output
 from ..retrieval import Candidates, QueryBatch, SearchRequest
 from ..scoring import colbert_scores_at
 from ..sparse import SparseVector, stack_csr
 from .qdrant_filter import QdrantFilter, qdrant_filter
 
 if TYPE_CHECKING:
-    from ..encoder import M3Embedder
     from .qdrant import QdrantStore
 
-__all__ = ["check_output", "engine_is_cheaper", "find_candidates", "scroll_ids"]
+__all__ = ["engine_is_cheaper", "find_candidates", "scroll_ids"]
 
 _FETCH = 1000  # points per retrieve request
 _TOKENS = 100  # ColBERT vectors per passage assumed by the cost model below
@@ -58,24 +56,6 @@ def _models() -> Any:
     from qdrant_client import models
 
     return models
-
-
-def check_output(output: M3Output, n: int, embedder: M3Embedder, *, colbert: bool) -> None:
-    """Refuse encodings that do not fit the collection (shapes, finiteness, token ids)."""
-    if not isinstance(output, M3Output):
-        raise TypeError(f"output must be an m3_rag.M3Output, got {type(output).__name__}")
-    if output.dense is None or output.sparse is None or (colbert and output.colbert is None):
-        raise ValueError("output needs dense, sparse and ColBERT outputs (encode with all three modes)")
-    dense = np.asarray(output.dense)
-    if dense.shape != (n, embedder.dim) or not np.all(np.isfinite(dense)):
-        raise ValueError(f"output.dense must be ({n}, {embedder.dim}) finite values, got {dense.shape}")
-    if len(output.sparse) != n or (colbert and len(output.colbert or []) != n):
-        raise ValueError(f"output must hold one sparse vector and one ColBERT matrix per text ({n})")
-    stack_csr(output.sparse, embedder.vocab_size)  # token ids within the vocabulary
-    for i, matrix in enumerate(output.colbert or [] if colbert else []):
-        shape = np.shape(matrix)
-        if len(shape) != 2 or shape[1] != embedder.colbert_dim or shape[0] == 0 or not np.all(np.isfinite(matrix)):
-            raise ValueError(f"output.colbert[{i}] must be (tokens >= 1, {embedder.colbert_dim}) finite, got {shape}")
 
 
 def _colbert_query(store: QdrantStore, matrix: np.ndarray) -> np.ndarray:
