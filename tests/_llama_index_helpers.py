@@ -1,4 +1,4 @@
-"""Shared by the LlamaIndex tests: counting model passes per text."""
+"""Shared by the LlamaIndex tests: a small corpus, and counting model passes per text."""
 
 from __future__ import annotations
 
@@ -9,6 +9,27 @@ from typing import Any
 import pytest
 
 from m3_rag import M3Embedder
+
+#: The small corpus, its metadata and a query, shared by the LlamaIndex tests.
+TEXTS = [
+    "Berlin is the capital and largest city of Germany.",
+    "Paris is the capital of France, on the river Seine.",
+    "The Rhine flows from the Swiss Alps to the North Sea.",
+    "Mount Everest is the highest mountain above sea level.",
+    "BGE-M3 gives dense, sparse and multi-vector embeddings.",
+    "Die Hauptstadt von Deutschland ist Berlin.",
+]
+META = [
+    {"lang": "en", "topic": "city", "year": 2023},
+    {"lang": "en", "topic": "city", "year": 2024},
+    {"lang": "en", "topic": "river", "year": 2024},
+    {"lang": "en", "topic": "mountain", "year": 2022},
+    {"lang": "en", "topic": "model", "year": 2024},
+    {"lang": "de", "topic": "city", "year": 2023},
+]
+QUERY = "What is the capital of Germany?"
+HYBRID = "colbert+sparse+dense"
+MODES = ("dense", "sparse", "colbert")
 
 
 class Passes:

@@ -13,7 +13,7 @@ import pytest
 pytest.importorskip("llama_index.vector_stores.milvus")
 pytest.importorskip("milvus_lite")
 
-from _llama_index_helpers import Passes
+from _llama_index_helpers import QUERY, TEXTS, Passes
 from llama_index.core import Document, StorageContext, VectorStoreIndex
 from llama_index.core.node_parser import SentenceSplitter
 from llama_index.core.schema import MetadataMode
@@ -23,16 +23,6 @@ from m3_rag import M3Embedder
 from m3_rag.encode_cache import cache_for
 from m3_rag.integrations.llama_index import M3Embedding, M3SparseEmbedding
 from m3_rag.integrations.llama_index.milvus import M3MilvusSparseFunction, M3MilvusVectorStore
-
-TEXTS = [
-    "Berlin is the capital and largest city of Germany.",
-    "Paris is the capital of France, on the river Seine.",
-    "The Rhine flows from the Swiss Alps to the North Sea.",
-    "Mount Everest is the highest mountain above sea level.",
-    "BGE-M3 gives dense, sparse and multi-vector embeddings.",
-    "Die Hauptstadt von Deutschland ist Berlin.",
-]
-QUERY = "What is the capital of Germany?"
 
 
 @pytest.fixture(autouse=True)

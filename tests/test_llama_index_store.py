@@ -16,7 +16,7 @@ import pytest
 
 pytest.importorskip("llama_index.core")
 
-from _llama_index_helpers import Passes
+from _llama_index_helpers import HYBRID, META, MODES, QUERY, TEXTS, Passes
 from llama_index.core import Document, StorageContext, VectorStoreIndex, load_index_from_storage
 from llama_index.core.ingestion import IngestionPipeline
 from llama_index.core.llms import MockLLM
@@ -47,26 +47,6 @@ from m3_rag.integrations.llama_index import (
 )
 from m3_rag.integrations.llama_index.handoff import EncodingHandoff, handoff_for
 from m3_rag.integrations.llama_index.nodes import node_record, record_node
-
-TEXTS = [
-    "Berlin is the capital and largest city of Germany.",
-    "Paris is the capital of France, on the river Seine.",
-    "The Rhine flows from the Swiss Alps to the North Sea.",
-    "Mount Everest is the highest mountain above sea level.",
-    "BGE-M3 gives dense, sparse and multi-vector embeddings.",
-    "Die Hauptstadt von Deutschland ist Berlin.",
-]
-META = [
-    {"lang": "en", "topic": "city", "year": 2023},
-    {"lang": "en", "topic": "city", "year": 2024},
-    {"lang": "en", "topic": "river", "year": 2024},
-    {"lang": "en", "topic": "mountain", "year": 2022},
-    {"lang": "en", "topic": "model", "year": 2024},
-    {"lang": "de", "topic": "city", "year": 2023},
-]
-QUERY = "What is the capital of Germany?"
-HYBRID = "colbert+sparse+dense"
-MODES = ("dense", "sparse", "colbert")
 
 
 @pytest.fixture(autouse=True)
