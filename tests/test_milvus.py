@@ -85,6 +85,21 @@ def assert_same_hits(got, expected, rtol=1e-5) -> None:
         )
 
 
+def assert_exhaustive_with_full_candidates(store, embedder) -> None:
+    """With every document a candidate, the ranking and scores are exhaustive ``compute_score``'s."""
+    for query in QUERIES:
+        hits = store.search(query, k=len(CORPUS), candidates=len(CORPUS), first_stage="dense")
+        expected = exhaustive(embedder, query)
+        assert [h.id for h in hits] == [doc_id for doc_id, _ in expected]
+        np.testing.assert_allclose([h.score for h in hits], [s for _, s in expected], rtol=1e-5, atol=1e-7)
+
+
+def assert_batch_equals_single_searches(store) -> None:
+    for query, hits in zip(QUERIES, store.search_batch(QUERIES, k=4, filter={"even": True})):
+        assert_same_hits(hits, store.search(query, k=4, filter={"even": True}), rtol=1e-6)
+    assert store.search_batch([]) == []
+
+
 def test_is_a_hybrid_store(stores) -> None:
     assert all(isinstance(s, HybridStore) for s in stores.values())
     assert stores["float16"].encoding_store is not None and stores["none"].encoding_store is None
@@ -118,18 +133,11 @@ def test_same_hits_and_scores_as_m3index(stores, references, colbert, candidates
 
 @pytest.mark.slow
 def test_full_candidates_equal_exhaustive_scoring(stores, embedder) -> None:
-    for query in QUERIES:
-        hits = stores["float32"].search(query, k=len(CORPUS), candidates=len(CORPUS), first_stage="dense")
-        expected = exhaustive(embedder, query)
-        assert [h.id for h in hits] == [doc_id for doc_id, _ in expected]
-        np.testing.assert_allclose([h.score for h in hits], [s for _, s in expected], rtol=1e-5, atol=1e-7)
+    assert_exhaustive_with_full_candidates(stores["float32"], embedder)
 
 
 def test_search_batch_equals_single_searches(stores) -> None:
-    store = stores["float16"]
-    for query, hits in zip(QUERIES, store.search_batch(QUERIES, k=4, filter={"even": True})):
-        assert_same_hits(hits, store.search(query, k=4, filter={"even": True}), rtol=1e-6)
-    assert store.search_batch([]) == []
+    assert_batch_equals_single_searches(stores["float16"])
 
 
 @pytest.mark.slow

@@ -19,8 +19,8 @@ from hypothesis import HealthCheck, given, settings
 from qdrant_client import QdrantClient
 from qdrant_client import models as qm
 from test_filters import CURATED, JSON_FILTERS, MILVUS_VALUES
-from test_index import CORPUS, QUERIES, exhaustive
-from test_milvus import assert_same_hits
+from test_index import CORPUS, QUERIES
+from test_milvus import assert_batch_equals_single_searches, assert_exhaustive_with_full_candidates, assert_same_hits
 
 from m3_rag import M3Embedder, M3Index, M3Output, QdrantStore
 from m3_rag.errors import IndexFormatError, ModelMismatchError
@@ -153,18 +153,11 @@ def test_auto_scoring_picks_by_collection_size(make, monkeypatch) -> None:
 
 
 def test_full_candidates_equal_exhaustive_scoring(stores, embedder) -> None:
-    for query in QUERIES:
-        hits = stores["float32-engine"].search(query, k=len(CORPUS), candidates=len(CORPUS), first_stage="dense")
-        expected = exhaustive(embedder, query)
-        assert [h.id for h in hits] == [doc_id for doc_id, _ in expected]
-        np.testing.assert_allclose([h.score for h in hits], [s for _, s in expected], rtol=1e-5, atol=1e-7)
+    assert_exhaustive_with_full_candidates(stores["float32-engine"], embedder)
 
 
 def test_search_batch_equals_single_searches(stores) -> None:
-    store = stores["float16-client"]
-    for query, hits in zip(QUERIES, store.search_batch(QUERIES, k=4, filter={"even": True})):
-        assert_same_hits(hits, store.search(query, k=4, filter={"even": True}), rtol=1e-6)
-    assert store.search_batch([]) == []
+    assert_batch_equals_single_searches(stores["float16-client"])
 
 
 FILTER_CASES = [
