@@ -52,6 +52,7 @@ __all__ = [
     "StoredTensors",
     "checkpoint_fingerprint",
     "file_sha256",
+    "load_state_dict",
     "math_config",
     "sample_positions",
     "weight_files",
@@ -228,34 +229,39 @@ class _Safetensors:
         return _canonical(np.asarray(values[sample_positions(math.prod(shape), count)]), dtype)
 
 
+def load_state_dict(path: Path) -> dict[str, Any]:
+    """The state dict (tensor name -> tensor) in the torch file ``path``, loaded with
+    ``weights_only=True`` (pickled code is refused, never run) and memory-mapped where the file
+    format allows. Anything else is a :class:`~m3_rag.errors.CheckpointError`."""
+    import torch
+
+    try:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as exc:  # a legacy (non-zip) file cannot be memory-mapped
+            if "mmap" not in str(exc):
+                raise
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(
+            f"could not read {path} as a state dict of tensors ({type(exc).__name__}: {exc}); "
+            "m3-rag loads weights with weights_only=True and refuses pickled code"
+        ) from exc
+    if not isinstance(state, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+    ):
+        raise CheckpointError(f"{path} should hold a state dict (tensor name -> tensor), got {type(state).__name__}")
+    return state
+
+
 class _TorchBin:
     """A ``pytorch_model.bin`` state dict, loaded memory-mapped with ``weights_only=True``."""
 
     def __init__(self, path: Path) -> None:
-        import torch
-
         self.path = path
-        try:
-            try:
-                state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-            except RuntimeError as exc:  # a legacy (non-zip) file cannot be memory-mapped
-                if "mmap" not in str(exc):
-                    raise
-                state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise CheckpointError(
-                f"could not read {path} as a state dict of tensors ({type(exc).__name__}: {exc}); "
-                "m3-rag loads weights with weights_only=True and refuses pickled code"
-            ) from exc
-        if not isinstance(state, dict) or not all(
-            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
-        ):
-            raise CheckpointError(
-                f"{path} should hold a state dict (tensor name -> tensor), got {type(state).__name__}"
-            )
-        self.tensors = state
+        self.tensors = load_state_dict(path)
         self.entries: dict[str, tuple[str, tuple[int, ...], int, int]] = {}
-        for name, tensor in state.items():
+        for name, tensor in self.tensors.items():
             dtype = _TORCH_NAMES.get(str(tensor.dtype).removeprefix("torch."), str(tensor.dtype))
             self.entries[name] = (dtype, tuple(int(d) for d in tensor.shape), 0, 0)
 

@@ -27,7 +27,7 @@ from torch import nn
 
 from .checkpoint import COLBERT_HEAD, SPARSE_HEAD, check_config_fits_weights, read_config
 from .errors import CheckpointError, MissingHeadError
-from .fingerprint import SAMPLES_PER_TENSOR, StoredTensors, checkpoint_fingerprint, sample_positions
+from .fingerprint import SAMPLES_PER_TENSOR, StoredTensors, checkpoint_fingerprint, load_state_dict, sample_positions
 from .tokenizer import read_special_tokens
 
 __all__ = [
@@ -138,22 +138,12 @@ class M3Model(nn.Module):
 
 
 def _read_state(path: Path) -> dict[str, torch.Tensor]:
-    """Read a plain ``nn.Linear`` state dict (as BGE-M3 ships its heads).
-
-    Only tensors are accepted (``weights_only=True``): a file that carries other pickled
-    objects is refused without running them.
-    """
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
+    """Read a plain ``nn.Linear`` state dict (as BGE-M3 ships its heads), through
+    :func:`~m3_rag.fingerprint.load_state_dict`: only tensors, pickled code refused unrun."""
+    state = load_state_dict(path)
+    if not isinstance(state.get("weight"), torch.Tensor):
         raise CheckpointError(
-            f"could not load {path.name} as a plain state dict of tensors ({type(exc).__name__}: {exc}); "
-            "m3-rag loads heads with weights_only=True and refuses pickled code"
-        ) from exc
-    if not isinstance(state, dict) or not isinstance(state.get("weight"), torch.Tensor):
-        raise CheckpointError(
-            f"{path.name} should hold the state dict of an nn.Linear (keys 'weight', 'bias'), "
-            f"got {type(state).__name__}"
+            f"{path.name} should hold the state dict of an nn.Linear (keys 'weight', 'bias'), got keys {sorted(state)}"
         )
     return state
 
